@@ -1,0 +1,51 @@
+# slmserve — `make run` serves the default model, `make test` runs lint and every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEFAULT_MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+.PHONY: help install models run lint test test-fast test-e2e clean
+
+help:
+	@echo "make run    - set up, fetch the default model, serve it on 127.0.0.1:8000"
+	@echo "make test   - set up, lint (ruff + mypy), run the whole test suite"
+	@echo "make models - fetch the default model into models/"
+	@echo "make lint   - ruff and mypy"
+
+# The virtualenv is rebuilt when pyproject.toml changes. llama-cpp-python is pinned, so pip
+# reuses the wheel it compiled once (its wheel cache survives between runs on a machine).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+$(DEFAULT_MODEL): | $(STAMP)
+	$(BIN)/slmserve fetch-model --dest models
+
+models: $(DEFAULT_MODEL)
+
+# SLMSERVE_HOST, SLMSERVE_PORT, SLMSERVE_MODELS (and every other SLMSERVE_* setting) apply.
+run: install models
+	$(BIN)/slmserve serve
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install models lint
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not e2e"
+
+test-e2e: install models
+	$(BIN)/pytest -m e2e
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
