@@ -1,0 +1,165 @@
+"""The engine interface and the small values the pool and workers exchange.
+
+The OpenAI protocol stops in `app/`; below it a request is a `GenerationRequest` and its answer a
+stream of events: `Accepted` (prompt tokenized, fits the context), `TokenEvent` per sampled token,
+then exactly one of `Finished` or `Failed`.
+
+Engines are step-driven so that one worker loop serves one or many concurrent requests the same
+way: `submit` queues a request, each `step` advances every active request by at most one token
+(and some prompt prefill), `cancel` drops a request before the next step.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engines.errors import EngineError
+from engines.sampling import SamplingParams
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message with its content already flattened to text."""
+
+    role: str
+    content: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """Everything an engine needs to generate one completion."""
+
+    request_id: str
+    messages: tuple[Message, ...] = ()
+    # A raw prompt bypasses the chat template (text completions).
+    prompt: str | None = None
+    # None: generate until the end of the context window.
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(slots=True)
+class Accepted:
+    """The prompt was tokenized and fits; generation will follow."""
+
+    request_id: str
+    prompt_tokens: int
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    """One sampled token and the text it releases (may be empty: partial UTF-8 or stop string)."""
+
+    request_id: str
+    token_id: int
+    text: str
+
+
+@dataclass(slots=True)
+class Finished:
+    """The request ended normally. Token counts are the engine's own."""
+
+    request_id: str
+    finish_reason: FinishReason
+    text: str  # text released at the end (held-back stop prefix or UTF-8 tail); may be empty
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int = 0
+    # Seconds measured inside the worker, where tokens are produced.
+    time_to_first_token_s: float = 0.0
+    generation_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Failed:
+    """The request ended with an error; `kind` names an `EngineError` class."""
+
+    request_id: str
+    kind: str
+    message: str
+    param: str | None = None
+
+    @classmethod
+    def of(cls, request_id: str, error: EngineError) -> Failed:
+        kind, message, param = error.to_wire()
+        return cls(request_id, kind, message, param)
+
+    def to_error(self) -> EngineError:
+        return EngineError.from_wire(self.kind, self.message, self.param)
+
+
+Event = Accepted | TokenEvent | Finished | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """Facts about a loaded engine that the pool and /v1/models report."""
+
+    engine: str
+    provider: str
+    context_length: int
+    parallel: int
+    has_chat_template: bool
+    load_seconds: float = 0.0
+
+
+class Engine(abc.ABC):
+    """A loaded model that generates for one or many requests, driven step by step."""
+
+    info: EngineInfo
+
+    @abc.abstractmethod
+    def submit(self, request: GenerationRequest) -> Event:
+        """Tokenize and queue a request; returns `Accepted`, or `Failed` when it cannot run."""
+
+    @abc.abstractmethod
+    def step(self) -> list[Event]:
+        """Advance every active request by at most one token; returns the events produced."""
+
+    @abc.abstractmethod
+    def has_work(self) -> bool:
+        """Whether `step` has anything to do."""
+
+    @abc.abstractmethod
+    def cancel(self, request_id: str) -> None:
+        """Forget a request; its slot is free before the next step. Unknown ids are ignored."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the model's memory."""
+
+    def generate(self, request: GenerationRequest) -> Iterator[Event]:
+        """Run one request to the end in the calling thread (warmup, benchmarks, tests)."""
+        first = self.submit(request)
+        yield first
+        if isinstance(first, Failed):
+            return
+        while self.has_work():
+            for event in self.step():
+                if event.request_id != request.request_id:
+                    continue
+                yield event
+                if isinstance(event, Finished | Failed):
+                    return
+
+    def warmup(self) -> float:
+        """A short generation so the first request pays no first-call costs; returns seconds."""
+        started = time.perf_counter()
+        request = GenerationRequest(
+            request_id="warmup",
+            messages=(Message(role="user", content="Hello"),),
+            max_tokens=4,
+            sampling=SamplingParams(temperature=0.0),
+        )
+        for event in self.generate(request):
+            if isinstance(event, Failed):
+                raise event.to_error()
+        return time.perf_counter() - started

@@ -1,0 +1,156 @@
+"""The model list (models.yaml): which models to serve and how.
+
+Every field carries a description: this file is the reference for models.yaml. Relative paths are
+resolved against the directory of the YAML file, so a config works from any working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engines.sampling import (
+    FrequencyPenalty,
+    MaxTokens,
+    MinP,
+    PresencePenalty,
+    RepetitionPenalty,
+    SamplingParams,
+    Seed,
+    Temperature,
+    TopK,
+    TopP,
+)
+
+EngineKind = Literal["gguf", "onnx"]
+Provider = Literal["cpu", "cuda", "dml", "auto"]
+
+
+class SamplingDefaults(BaseModel):
+    """Sampling values a model uses when a request leaves them out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    presence_penalty: PresencePenalty | None = None
+    frequency_penalty: FrequencyPenalty | None = None
+    seed: Seed | None = None
+    max_tokens: MaxTokens | None = Field(
+        default=None,
+        description="Completion length when a request gives none; unset: up to the context.",
+    )
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(**self.model_dump(exclude={"max_tokens"}))
+
+
+class ModelConfig(BaseModel):
+    """One served model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="The name clients pass as `model`; unique in the file.",
+    )
+    engine: EngineKind = Field(
+        description="`gguf` (llama.cpp) or `onnx` (ONNX Runtime GenAI model folder)."
+    )
+    path: Path = Field(
+        description="GGUF file or ONNX GenAI folder; relative paths start at the YAML file."
+    )
+    provider: Provider = Field(
+        default="auto",
+        description="Where it runs: `cpu`, `cuda`, `dml` (DirectML), or `auto` (cuda, then dml, "
+        "then cpu, whichever is available).",
+    )
+    context_length: int | None = Field(
+        default=None,
+        ge=16,
+        description="Tokens per request (prompt + completion); unset: the model's training "
+        "context, capped at 8192.",
+    )
+    parallel: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Requests generated at the same time (slots); more wait in the queue.",
+    )
+    preload: bool = Field(
+        default=True,
+        description="Load and warm the model at start-up; false: load on its first request.",
+    )
+    n_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads for this model; unset: all cores.",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="Jinja chat template replacing the model's own (inline text, or a path to "
+        "a file ending in .jinja).",
+    )
+    defaults: SamplingDefaults = Field(
+        default_factory=SamplingDefaults,
+        description="Sampling defaults for requests that do not set them.",
+    )
+
+    def chat_template_source(self) -> str | None:
+        """The override template text, reading it from a file when it names one."""
+        if self.chat_template is None:
+            return None
+        if self.chat_template.endswith(".jinja") and "\n" not in self.chat_template:
+            return Path(self.chat_template).read_text(encoding="utf-8")
+        return self.chat_template
+
+
+class ModelsFile(BaseModel):
+    """The whole models.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelConfig] = Field(min_length=1, description="The models to serve.")
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> ModelsFile:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"model name {model.name!r} appears twice")
+            seen.add(model.name)
+        return self
+
+
+class ConfigError(Exception):
+    """models.yaml is missing or invalid; the message says where."""
+
+
+def load_models_file(path: Path) -> ModelsFile:
+    """Read and validate a models file, resolving relative paths against its directory."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read models file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"models file {path} is not valid YAML: {exc}") from exc
+    try:
+        models_file = ModelsFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"models file {path} is invalid:\n{exc}") from exc
+    base = path.resolve().parent
+    for model in models_file.models:
+        if not model.path.is_absolute():
+            model.path = base / model.path
+        if model.chat_template and model.chat_template.endswith(".jinja"):
+            template_path = Path(model.chat_template)
+            if not template_path.is_absolute():
+                model.chat_template = str(base / template_path)
+    return models_file

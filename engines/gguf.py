@@ -1,0 +1,401 @@
+"""GGUF models on llama.cpp (llama-cpp-python's C API), several requests in one context.
+
+One llama.cpp context holds `parallel` sequences (slots), each with its own KV window of
+`context_length` tokens. Every `step` builds one `llama_batch`: the last sampled token of each
+generating slot, then prompt tokens of slots still prefilling, in chunks small enough that a long
+prompt never stalls the running streams for long. Each slot samples with its own sampler chain
+(its own temperature, penalties and seed). A finished or cancelled slot drops its KV cells with
+`llama_memory_seq_rm` and takes the next waiting request.
+
+A llama.cpp context is not thread-safe: only the worker's single loop thread touches it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from engines.base import (
+    Accepted,
+    Engine,
+    EngineInfo,
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+)
+from engines.config import ModelConfig
+from engines.errors import EngineError, InvalidRequestError, ModelLoadError
+from engines.sampling import OPENAI_DEFAULTS, SamplingParams
+from engines.sequence import Sequence, completion_budget
+from engines.templates import ChatTemplate
+
+log = logging.getLogger("slmserve.engines.gguf")
+
+# Tokens per llama_decode call; also the largest prefill chunk when nothing else is generating.
+BATCH_TOKENS = 512
+# Prompt tokens admitted per step while other slots are generating: bounds their token latency.
+PREFILL_CHUNK_WHILE_DECODING = 128
+DEFAULT_CONTEXT_CAP = 8192
+
+# ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
+_LLAMA_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+
+
+def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # llama.cpp chats a lot at load time; keep only warnings and errors.
+    python_level = _LLAMA_LOG_LEVELS.get(level, logging.DEBUG)
+    if python_level >= logging.WARNING and text:
+        log.log(python_level, "llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+# Created once and kept alive for the process: llama.cpp stores the raw function pointer.
+_LLAMA_LOG_CALLBACK = llama_cpp.llama_log_callback(_forward_llama_log)
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One llama.cpp sequence id and the request it is serving."""
+
+    seq_id: int
+    sequence: Sequence | None = None
+    sampler: llama_cpp.llama_sampler_p | None = None
+    pending_prompt: list[int] = field(default_factory=list)
+    n_past: int = 0
+    last_token: int = 0
+    logits_index: int = -1  # position of this slot's logits in the last batch, -1 if none
+
+    @property
+    def is_free(self) -> bool:
+        return self.sequence is None
+
+    @property
+    def is_generating(self) -> bool:
+        return self.sequence is not None and not self.pending_prompt
+
+
+@dataclass(slots=True)
+class _Waiting:
+    sequence: Sequence
+    sampling: SamplingParams
+
+
+class GGUFEngine(Engine):
+    """A GGUF model served by llama.cpp with continuous batching over `parallel` slots."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        started = time.perf_counter()
+        self._config = config
+        llama_cpp.llama_log_set(_LLAMA_LOG_CALLBACK, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        provider = self._resolve_provider(config.provider)
+        if not config.path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {config.path}")
+
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = -1 if provider == "cuda" else 0
+        self._model = llama_cpp.llama_model_load_from_file(str(config.path).encode(), model_params)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load {config.path} (not a valid GGUF?)")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._piece_buffer = ctypes.create_string_buffer(256)
+
+        trained = llama_cpp.llama_model_n_ctx_train(self._model)
+        self._context_length = config.context_length or min(trained, DEFAULT_CONTEXT_CAP)
+        parallel = config.parallel
+        threads = config.n_threads or os.cpu_count() or 1
+        context_params = llama_cpp.llama_context_default_params()
+        context_params.n_ctx = self._context_length * parallel
+        context_params.n_seq_max = parallel
+        context_params.n_batch = BATCH_TOKENS
+        context_params.n_ubatch = BATCH_TOKENS
+        context_params.n_threads = threads
+        context_params.n_threads_batch = threads
+        # Each slot gets its own KV window, so one long conversation never starves the others.
+        context_params.kv_unified = False
+        self._context = llama_cpp.llama_init_from_model(self._model, context_params)
+        if not self._context:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {context_params.n_ctx} tokens"
+            )
+        self._memory = llama_cpp.llama_get_memory(self._context)
+        self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
+
+        self._template = self._load_template(config)
+        self._defaults = config.defaults.sampling_params().over(OPENAI_DEFAULTS)
+        self._slots = [_Slot(seq_id=i) for i in range(parallel)]
+        self._waiting: deque[_Waiting] = deque()
+        self.info = EngineInfo(
+            engine="gguf",
+            provider=provider,
+            context_length=self._context_length,
+            parallel=parallel,
+            has_chat_template=self._template is not None,
+            load_seconds=time.perf_counter() - started,
+        )
+
+    # -- loading -------------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve_provider(requested: str) -> str:
+        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        if requested == "dml":
+            raise ModelLoadError(
+                "llama.cpp has no DirectML backend; serve an ONNX model with provider dml instead"
+            )
+        if requested == "cuda" and not gpu:
+            raise ModelLoadError(
+                "provider cuda requested but this llama-cpp-python build has no GPU offload "
+                "(rebuild it with CMAKE_ARGS=-DGGML_CUDA=on)"
+            )
+        if requested == "auto":
+            return "cuda" if gpu else "cpu"
+        return requested
+
+    def _metadata(self, key: str) -> str | None:
+        buffer = ctypes.create_string_buffer(1 << 16)
+        length = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
+        if length < 0:
+            return None
+        if length >= len(buffer):
+            buffer = ctypes.create_string_buffer(length + 1)
+            llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
+        return buffer.value.decode("utf-8", "replace")
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", "replace")
+
+    def _load_template(self, config: ModelConfig) -> ChatTemplate | None:
+        source = config.chat_template_source() or self._metadata("tokenizer.chat_template")
+        if not source:
+            return None
+        return ChatTemplate(
+            source,
+            bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
+            eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+        )
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        while True:
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), tokens, capacity, add_special, parse_special
+            )
+            if count >= 0:
+                return list(tokens[:count])
+            capacity = -count
+
+    def _piece(self, token: int, *, special: bool = False) -> bytes:
+        length = llama_cpp.llama_token_to_piece(
+            self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, special
+        )
+        if length < 0:
+            self._piece_buffer = ctypes.create_string_buffer(-length)
+            length = llama_cpp.llama_token_to_piece(
+                self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, special
+            )
+        return self._piece_buffer.raw[:length]
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.prompt is not None:
+            text = request.prompt
+        elif self._template is None:
+            raise InvalidRequestError(
+                f"model {self._config.name!r} has no chat template; set chat_template in "
+                "models.yaml or send a raw prompt to /v1/completions",
+                param="messages",
+            )
+        else:
+            text = self._template.render(request.messages)
+        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        if add_bos and self._template and text.startswith(self._template.bos_token or "\0"):
+            add_bos = False  # the template already wrote BOS; do not add a second one
+        return self.tokenize(text, add_special=add_bos)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> Event:
+        try:
+            prompt_ids = self._prompt_ids(request)
+            if not prompt_ids:
+                raise InvalidRequestError("the prompt is empty", param="messages")
+            budget = completion_budget(
+                request,
+                len(prompt_ids),
+                self._context_length,
+                self._config.defaults.max_tokens,
+            )
+        except EngineError as error:
+            return Failed.of(request.request_id, error)
+        sampling = request.sampling.over(self._defaults)
+        self._waiting.append(_Waiting(Sequence(request, prompt_ids, budget), sampling))
+        return Accepted(request.request_id, len(prompt_ids))
+
+    def has_work(self) -> bool:
+        return bool(self._waiting) or any(not slot.is_free for slot in self._slots)
+
+    def cancel(self, request_id: str) -> None:
+        for waiting in self._waiting:
+            if waiting.sequence.request_id == request_id:
+                self._waiting.remove(waiting)
+                return
+        for slot in self._slots:
+            if slot.sequence is not None and slot.sequence.request_id == request_id:
+                self._release(slot)
+                return
+
+    def step(self) -> list[Event]:
+        self._admit_waiting()
+        scheduled = self._fill_batch()
+        if not scheduled:
+            return []
+        status = llama_cpp.llama_decode(self._context, self._batch)
+        if status != 0:
+            return self._fail_batch(scheduled, status)
+        events: list[Event] = []
+        for slot in scheduled:
+            sequence = slot.sequence
+            if slot.logits_index < 0 or sequence is None or slot.sampler is None:
+                continue
+            token = llama_cpp.llama_sampler_sample(slot.sampler, self._context, slot.logits_index)
+            is_end = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+            produced = sequence.accept(token, b"" if is_end else self._piece(token), is_end=is_end)
+            slot.last_token = token
+            if not isinstance(produced[-1], Finished) and slot.n_past >= self._context_length:
+                produced.append(sequence.finish("length"))
+            events.extend(produced)
+            if isinstance(produced[-1], Finished):
+                self._release(slot)
+        return events
+
+    def close(self) -> None:
+        for slot in self._slots:
+            self._release(slot)
+        self._waiting.clear()
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._context)
+        llama_cpp.llama_model_free(self._model)
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def _admit_waiting(self) -> None:
+        for slot in self._slots:
+            if not self._waiting:
+                return
+            if slot.is_free:
+                waiting = self._waiting.popleft()
+                slot.sequence = waiting.sequence
+                slot.sampler = self._build_sampler(waiting.sampling, waiting.sequence)
+                slot.pending_prompt = list(waiting.sequence.prompt_ids)
+                slot.n_past = 0
+
+    def _fill_batch(self) -> list[_Slot]:
+        """Put this step's tokens in the batch: one per generating slot, then prompt chunks."""
+        batch = self._batch
+        batch.n_tokens = 0
+        scheduled: list[_Slot] = []
+        generating = [slot for slot in self._slots if slot.is_generating]
+        for slot in generating:
+            slot.logits_index = self._add_token(slot, slot.last_token, logits=True)
+            scheduled.append(slot)
+        budget = (PREFILL_CHUNK_WHILE_DECODING if generating else BATCH_TOKENS) - len(generating)
+        for slot in self._slots:
+            if budget <= 0:
+                break
+            if slot.sequence is None or not slot.pending_prompt:
+                continue
+            chunk = slot.pending_prompt[:budget]
+            del slot.pending_prompt[: len(chunk)]
+            budget -= len(chunk)
+            last = len(chunk) - 1
+            for offset, token in enumerate(chunk):
+                index = self._add_token(slot, token, logits=offset == last)
+            # Logits only when the whole prompt is in: that is where the first token is sampled.
+            slot.logits_index = -1 if slot.pending_prompt else index
+            scheduled.append(slot)
+        return scheduled
+
+    def _add_token(self, slot: _Slot, token: int, *, logits: bool) -> int:
+        batch = self._batch
+        index: int = batch.n_tokens
+        batch.token[index] = token
+        batch.pos[index] = slot.n_past
+        batch.n_seq_id[index] = 1
+        batch.seq_id[index][0] = slot.seq_id
+        batch.logits[index] = logits
+        batch.n_tokens = index + 1
+        slot.n_past += 1
+        return index
+
+    def _fail_batch(self, scheduled: list[_Slot], status: int) -> list[Event]:
+        error = EngineError(f"llama_decode failed with status {status}")
+        events: list[Event] = []
+        for slot in scheduled:
+            if slot.sequence is not None:
+                events.append(Failed.of(slot.sequence.request_id, error))
+            self._release(slot)
+        return events
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            llama_cpp.llama_sampler_free(slot.sampler)
+        if slot.sequence is not None:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+        slot.sequence = None
+        slot.sampler = None
+        slot.pending_prompt = []
+        slot.n_past = 0
+        slot.logits_index = -1
+
+    def _build_sampler(
+        self, sampling: SamplingParams, sequence: Sequence
+    ) -> llama_cpp.llama_sampler_p:
+        chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(
+            llama_cpp.llama_sampler_chain_default_params()
+        )
+
+        def add(sampler: llama_cpp.llama_sampler_p) -> None:
+            llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+        repeat = sampling.repetition_penalty or 1.0
+        frequency = sampling.frequency_penalty or 0.0
+        presence = sampling.presence_penalty or 0.0
+        if repeat != 1.0 or frequency != 0.0 or presence != 0.0:
+            # Penalise over everything this request generates (OpenAI: "the text so far").
+            window = max(1, sequence.max_new_tokens)
+            add(
+                llama_cpp.llama_sampler_init_penalties(
+                    self._n_vocab, window, repeat, frequency, presence
+                )
+            )
+        if sampling.is_greedy:
+            add(llama_cpp.llama_sampler_init_greedy())
+            return chain
+        if sampling.top_k:
+            add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+        if sampling.top_p is not None and sampling.top_p < 1.0:
+            add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+        if sampling.min_p:
+            add(llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
+        add(llama_cpp.llama_sampler_init_temp(sampling.temperature or 1.0))
+        seed = sampling.seed_u32()
+        add(
+            llama_cpp.llama_sampler_init_dist(
+                llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed
+            )
+        )
+        return chain
