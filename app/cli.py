@@ -1,0 +1,96 @@
+"""The `slmserve` command: `serve` (the default) and `fetch-model`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import types
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import uvicorn
+
+from app.fetch import DEFAULT_MODEL, FetchError, fetch
+from app.logging import configure_logging
+from app.main import build_app
+from app.settings import ServerSettings
+from engines.config import ConfigError, load_models_file
+
+log = logging.getLogger("slmserve")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerSettings field; a flag given wins over the environment."""
+    for name, field in ServerSettings.model_fields.items():
+        options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+        annotation = field.annotation
+        if get_origin(annotation) is Literal:
+            options["choices"] = get_args(annotation)
+        elif annotation in (int, float):
+            options["type"] = annotation
+        elif annotation is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif isinstance(annotation, types.UnionType):
+            options["type"] = str
+        env = f"SLMSERVE_{name.upper()}"
+        options["help"] = f"{field.description} (env {env}, default {field.default})"
+        parser.add_argument("--" + name.replace("_", "-"), **options)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slmserve", description="OpenAI-compatible server for small language models."
+    )
+    commands = parser.add_subparsers(dest="command")
+    serve_parser = commands.add_parser("serve", help="serve the models file (the default)")
+    _add_settings_flags(serve_parser)
+    fetch_parser = commands.add_parser(
+        "fetch-model", help="fetch the default model (SmolLM2-135M-Instruct GGUF) offline"
+    )
+    fetch_parser.add_argument(
+        "--dest", type=Path, default=Path("models"), help="directory to put it in"
+    )
+    return parser
+
+
+def serve(settings: ServerSettings) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        models_file = load_models_file(settings.models)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+    app = build_app(settings, models_file)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+def fetch_model(destination: Path) -> int:
+    configure_logging("info", "text")
+    try:
+        path = fetch(DEFAULT_MODEL, destination)
+    except FetchError as error:
+        log.error("%s", error)
+        return 1
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "fetch-model":
+        return fetch_model(args.dest)
+    overrides = {k: v for k, v in vars(args).items() if k in ServerSettings.model_fields}
+    return serve(ServerSettings(**overrides))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

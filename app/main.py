@@ -1,0 +1,69 @@
+"""The FastAPI application: routes, error handlers and a lifespan that owns the engine pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.errors import install_error_handlers
+from app.routes import chat, health, models
+from app.serving.chat import ChatServing
+from app.settings import ServerSettings
+from engines.config import ModelsFile
+from engines.pool import EnginePool, WorkerFactory
+
+log = logging.getLogger("slmserve")
+
+
+def build_app(
+    settings: ServerSettings,
+    models_file: ModelsFile,
+    *,
+    worker_factory: WorkerFactory | None = None,
+) -> FastAPI:
+    """The app serving `models_file`; `worker_factory` stands in for worker processes in tests."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = EnginePool(
+            models_file.models,
+            worker_factory=worker_factory,
+            log_level=settings.log_level.upper(),
+        )
+        app.state.pool = pool
+        app.state.chat_serving = ChatServing(pool)
+        app.state.started_at = int(time.time())
+        await pool.start()
+        announce = asyncio.create_task(_announce_ready(pool))
+        try:
+            yield
+        finally:
+            announce.cancel()
+            log.info("stopping model workers")
+            await pool.close()
+
+    app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app
+
+
+async def _announce_ready(pool: EnginePool) -> None:
+    await pool.wait_preloaded()
+    for status in pool.statuses():
+        log.info(
+            "model %s: %s%s",
+            status.name,
+            status.state.value,
+            f" ({status.reason})" if status.reason else "",
+        )
+    if pool.is_ready():
+        log.info("ready: every preloaded model is loaded and warm")
