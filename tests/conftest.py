@@ -1,0 +1,18 @@
+"""Shared fixtures: the real default model (never skipped: `make test` fetches it first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_PATH = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> Path:
+    if not DEFAULT_MODEL_PATH.is_file():
+        pytest.fail(f"{DEFAULT_MODEL_PATH} is missing: run `make models` (make test does)")
+    return DEFAULT_MODEL_PATH

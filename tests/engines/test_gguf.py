@@ -1,0 +1,183 @@
+"""The GGUF engine on the real SmolLM2 model, in-process (no server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from engines.base import Accepted, Failed, Finished, GenerationRequest, Message, TokenEvent
+from engines.config import ModelConfig
+from engines.errors import ModelLoadError
+from engines.gguf import GGUFEngine
+from engines.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three colours.",
+    "Why is the sky blue?",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(default_model_path: Path) -> Iterator[GGUFEngine]:
+    config = ModelConfig(
+        name="smol", engine="gguf", path=default_model_path, parallel=4, context_length=1024
+    )
+    loaded = GGUFEngine(config)
+    yield loaded
+    loaded.close()
+
+
+def ask(question: str, request_id: str = "r", **fields: object) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=request_id,
+        messages=(Message("user", question),),
+        sampling=fields.pop("sampling", GREEDY),  # type: ignore[arg-type]
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def run_alone(engine: GGUFEngine, request: GenerationRequest) -> tuple[str, Finished]:
+    text = ""
+    for event in engine.generate(request):
+        if isinstance(event, TokenEvent | Finished):
+            text += event.text
+        if isinstance(event, Failed):
+            raise event.to_error()
+    assert isinstance(event, Finished)
+    return text, event
+
+
+def run_together(engine: GGUFEngine, requests: list[GenerationRequest]) -> dict[str, str]:
+    texts = {request.request_id: "" for request in requests}
+    for request in requests:
+        assert isinstance(engine.submit(request), Accepted)
+    while engine.has_work():
+        for event in engine.step():
+            if isinstance(event, TokenEvent | Finished):
+                texts[event.request_id] += event.text
+    return texts
+
+
+def test_info(engine: GGUFEngine) -> None:
+    assert engine.info.engine == "gguf"
+    assert engine.info.provider == "cpu"
+    assert engine.info.context_length == 1024
+    assert engine.info.has_chat_template
+
+
+def test_prompt_tokens_match_llama_cpp_pythons_own_count(
+    engine: GGUFEngine, default_model_path: Path
+) -> None:
+    """An independent count: llama-cpp-python's own chat formatter and tokenizer."""
+    vocab = Llama(str(default_model_path), vocab_only=True, verbose=False)
+    formatter = Jinja2ChatFormatter(
+        template=vocab.metadata["tokenizer.chat_template"],
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+    )
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a prime number larger than ten, please."},
+    ]
+    prompt = formatter(messages=messages).prompt  # type: ignore[arg-type]
+    expected = len(vocab.tokenize(prompt.encode(), add_bos=False, special=True))
+    request = GenerationRequest(
+        request_id="count",
+        messages=tuple(Message(m["role"], m["content"]) for m in messages),
+        max_tokens=1,
+    )
+    _, finished = run_alone(engine, request)
+    assert finished.prompt_tokens == expected
+
+
+def test_concurrent_greedy_requests_match_each_alone(engine: GGUFEngine) -> None:
+    alone = {
+        str(i): run_alone(engine, ask(q, str(i), max_tokens=40))[0] for i, q in enumerate(QUESTIONS)
+    }
+    together = run_together(
+        engine, [ask(q, str(i), max_tokens=40) for i, q in enumerate(QUESTIONS)]
+    )
+    assert together == alone
+    assert all(alone.values())
+
+
+def test_seeded_sampling_is_reproducible_under_concurrency(engine: GGUFEngine) -> None:
+    seeded = SamplingParams(temperature=1.0, seed=1234)
+    alone = run_alone(engine, ask(QUESTIONS[1], "s", sampling=seeded, max_tokens=30))[0]
+    batch = [ask(QUESTIONS[1], "s0", sampling=seeded, max_tokens=30)] + [
+        ask(q, f"o{i}", sampling=SamplingParams(temperature=1.0), max_tokens=30)
+        for i, q in enumerate(QUESTIONS[:3])
+    ]
+    assert run_together(engine, batch)["s0"] == alone
+    other_seed = SamplingParams(temperature=1.0, seed=99)
+    assert run_alone(engine, ask(QUESTIONS[1], "t", sampling=other_seed, max_tokens=30))[0] != alone
+
+
+def test_max_tokens_ends_with_length(engine: GGUFEngine) -> None:
+    _, finished = run_alone(engine, ask("Tell me a long story.", max_tokens=7))
+    assert (finished.finish_reason, finished.completion_tokens) == ("length", 7)
+
+
+def test_stop_string_cuts_the_text(engine: GGUFEngine) -> None:
+    full, _ = run_alone(engine, ask("Count from 1 to 10, one number per line.", max_tokens=40))
+    assert "3" in full
+    text, finished = run_alone(
+        engine, ask("Count from 1 to 10, one number per line.", max_tokens=40, stop=("3",))
+    )
+    assert finished.finish_reason == "stop"
+    assert text == full[: full.index("3")]
+
+
+def test_cancel_frees_the_slot_for_the_next_request(engine: GGUFEngine) -> None:
+    requests = [ask("Tell me a long story.", f"c{i}", max_tokens=200) for i in range(4)]
+    for request in requests:
+        engine.submit(request)
+    waiting = ask(QUESTIONS[0], "next", max_tokens=5)
+    engine.submit(waiting)  # five requests, four slots: this one waits
+    for _ in range(3):
+        engine.step()
+    for request in requests:
+        engine.cancel(request.request_id)
+    seen = []
+    while engine.has_work():
+        seen.extend(engine.step())
+    assert {event.request_id for event in seen} == {"next"}
+    assert isinstance(seen[-1], Finished)
+    assert seen[-1].completion_tokens == 5
+
+
+def test_context_length_exceeded_is_reported_at_submit(engine: GGUFEngine) -> None:
+    event = engine.submit(ask("hello " * 1100))
+    assert isinstance(event, Failed)
+    assert event.kind == "context_length_exceeded"
+    event = engine.submit(ask("hello", max_tokens=2000))
+    assert isinstance(event, Failed)
+    assert "1024" in event.message
+
+
+@pytest.mark.parametrize(("provider", "message"), [("dml", "DirectML"), ("cuda", "GPU offload")])
+def test_unavailable_provider_fails_to_load(
+    default_model_path: Path, provider: str, message: str
+) -> None:
+    config = ModelConfig(name="x", engine="gguf", path=default_model_path, provider=provider)  # type: ignore[arg-type]
+    with pytest.raises(ModelLoadError, match=message):
+        GGUFEngine(config)
+
+
+def test_missing_file_fails_to_load(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        GGUFEngine(ModelConfig(name="x", engine="gguf", path=tmp_path / "none.gguf"))
+
+
+def test_garbage_file_fails_to_load(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"not a gguf at all" * 100)
+    with pytest.raises(ModelLoadError, match="could not load"):
+        GGUFEngine(ModelConfig(name="x", engine="gguf", path=bogus))

@@ -1,0 +1,160 @@
+"""A fake engine and an in-process worker, for fast tests of the HTTP layer only.
+
+The fake "model" answers with the words of the last user message in reverse order, one token per
+word, then ends. It goes through the real `Sequence` bookkeeping, so stop strings, max_tokens and
+context limits behave as in the real engines. A user message containing `FAIL_AFTER_2` makes it
+fail after two tokens (to test mid-stream errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+from engines.base import (
+    Accepted,
+    Engine,
+    EngineInfo,
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+)
+from engines.config import ModelConfig
+from engines.errors import EngineError
+from engines.sequence import Sequence, completion_budget
+
+FAIL_MARKER = "FAIL_AFTER_2"
+FAKE_CONTEXT_LENGTH = 64
+
+
+@dataclass
+class _Active:
+    sequence: Sequence
+    answer: list[str]
+    fails: bool
+    position: int = 0
+
+
+class FakeEngine(Engine):
+    def __init__(self, config: ModelConfig) -> None:
+        self.info = EngineInfo(
+            engine=config.engine,
+            provider="cpu",
+            context_length=FAKE_CONTEXT_LENGTH,
+            parallel=config.parallel,
+            has_chat_template=True,
+        )
+        self._active: dict[str, _Active] = {}
+
+    @staticmethod
+    def prompt_words(request: GenerationRequest) -> list[str]:
+        if request.prompt is not None:
+            return request.prompt.split()
+        return [word for message in request.messages for word in message.content.split()]
+
+    def submit(self, request: GenerationRequest) -> Event:
+        words = self.prompt_words(request)
+        try:
+            budget = completion_budget(request, len(words), FAKE_CONTEXT_LENGTH, None)
+        except EngineError as error:
+            return Failed.of(request.request_id, error)
+        user = [m.content for m in request.messages if m.role == "user"]
+        answer = [f" {w}" if i else w for i, w in enumerate(reversed(user[-1].split()))]
+        sequence = Sequence(request, list(range(len(words))), budget)
+        self._active[request.request_id] = _Active(sequence, answer, FAIL_MARKER in user[-1])
+        return Accepted(request.request_id, len(words))
+
+    def step(self) -> list[Event]:
+        events: list[Event] = []
+        for request_id, active in list(self._active.items()):
+            if active.fails and active.position == 2:
+                del self._active[request_id]
+                events.append(Failed.of(request_id, EngineError("the fake engine failed")))
+                continue
+            done = active.position >= len(active.answer)
+            piece = "" if done else active.answer[active.position]
+            active.position += 1
+            produced = active.sequence.accept(active.position, piece, is_end=done)
+            events.extend(produced)
+            if isinstance(produced[-1], Finished):
+                del self._active[request_id]
+        return events
+
+    def has_work(self) -> bool:
+        return bool(self._active)
+
+    def cancel(self, request_id: str) -> None:
+        self._active.pop(request_id, None)
+
+    def close(self) -> None:
+        self._active.clear()
+
+
+@dataclass
+class InProcessWorker:
+    """The pool's Worker interface around an engine stepped inside the event loop."""
+
+    config: ModelConfig
+    step_delay_s: float = 0.001
+    engine: FakeEngine | None = None
+    cancelled: list[str] = field(default_factory=list)
+    submitted: list[GenerationRequest] = field(default_factory=list)
+    _queues: dict[str, asyncio.Queue[Event]] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _exited: asyncio.Event = field(default_factory=asyncio.Event)
+    _driver: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def alive(self) -> bool:
+        return self.engine is not None and not self._exited.is_set()
+
+    async def start(self) -> EngineInfo:
+        self.engine = FakeEngine(self.config)
+        self._driver = asyncio.create_task(self._drive())
+        return self.engine.info
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
+        assert self.engine is not None
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._queues[request.request_id] = queue
+        self.submitted.append(request)
+        queue.put_nowait(self.engine.submit(request))
+        self._wake.set()
+        ended = False
+        try:
+            while not ended:
+                event = await queue.get()
+                ended = isinstance(event, Finished | Failed)
+                yield event
+        finally:
+            self._queues.pop(request.request_id, None)
+            if not ended:
+                self.engine.cancel(request.request_id)
+                self.cancelled.append(request.request_id)
+
+    async def _drive(self) -> None:
+        assert self.engine is not None
+        while True:
+            if not self.engine.has_work():
+                self._wake.clear()
+                await self._wake.wait()
+            for event in self.engine.step():
+                queue = self._queues.get(event.request_id)
+                if queue is not None:
+                    queue.put_nowait(event)
+            await asyncio.sleep(self.step_delay_s)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        if self._driver is not None:
+            self._driver.cancel()
+        self._exited.set()
+
+    async def wait_exited(self) -> int:
+        await self._exited.wait()
+        return 0
