@@ -6,11 +6,20 @@ resolved against the directory of the YAML file, so a config works from any work
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from engines.sampling import (
     FrequencyPenalty,
@@ -27,6 +36,22 @@ from engines.sampling import (
 
 EngineKind = Literal["gguf", "onnx"]
 Provider = Literal["cpu", "cuda", "dml", "auto"]
+
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _parse_duration(value: object) -> object:
+    """Accept 30, "30s", "5m", "1h", "250ms" or -1 (forever); return seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h or -1)")
+        return float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration)]
 
 
 class SamplingDefaults(BaseModel):
@@ -88,6 +113,21 @@ class ModelConfig(BaseModel):
         default=True,
         description="Load and warm the model at start-up; false: load on its first request.",
     )
+    pinned: bool = Field(
+        default=False,
+        description="Never unload this model automatically (neither evicted nor idle-unloaded).",
+    )
+    keep_alive: Duration = Field(
+        default=-1,
+        description="Idle time after which the model is unloaded (e.g. 30s, 5m); -1: never. "
+        "The next request loads it again.",
+    )
+    max_queue: int = Field(
+        default=16,
+        ge=0,
+        description="Requests that may wait for a slot; beyond it the server answers 429 with "
+        "Retry-After.",
+    )
     n_threads: int | None = Field(
         default=None,
         ge=1,
@@ -112,12 +152,42 @@ class ModelConfig(BaseModel):
         return self.chat_template
 
 
+class PoolConfig(BaseModel):
+    """Server-wide limits on loaded models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_loaded_models: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most models loaded at once; unset: no limit. Least recently used idle "
+        "models are unloaded to make room.",
+    )
+    memory_budget: ByteSize | None = Field(
+        default=None,
+        description="Most resident memory (bytes, or e.g. 2GiB) all workers may use together, "
+        "measured from their processes; unset: no limit.",
+    )
+    load_timeout_s: float = Field(
+        default=600.0, gt=0, description="Longest a model may take to load and warm up."
+    )
+    admission_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a request waits for busy models to become idle so that its own "
+        "model can be loaded, before it gets a 503.",
+    )
+
+
 class ModelsFile(BaseModel):
     """The whole models.yaml."""
 
     model_config = ConfigDict(extra="forbid")
 
     models: list[ModelConfig] = Field(min_length=1, description="The models to serve.")
+    pool: PoolConfig = Field(
+        default_factory=PoolConfig, description="Limits on loaded models, server-wide."
+    )
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> ModelsFile:

@@ -15,10 +15,14 @@ class EngineError(Exception):
 
     kind: ClassVar[str] = "engine_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        # Set when the client should retry later (sent as Retry-After).
+        self.retry_after_s = retry_after_s
 
     def to_wire(self) -> tuple[str, str, str | None]:
         return (self.kind, self.message, self.param)
@@ -69,10 +73,6 @@ class QueueFullError(EngineError):
     """Every slot and queue place of the model is taken; the client should retry later."""
 
     kind = "queue_full"
-
-    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int = 1) -> None:
-        super().__init__(message, param=param)
-        self.retry_after_s = retry_after_s
 
 
 class ServerShuttingDownError(EngineError):

@@ -1,34 +1,43 @@
-"""The engine pool: one worker per loaded model, requests routed by model name.
+"""The engine pool: keeps models warm in worker processes and routes requests to them.
 
-Per model the pool keeps the worker, its load state and `parallel` slots; a request holds a slot
-from the moment it is sent to the worker until its last event, so a model never has more
-requests in flight than it has sequences. Loading runs in the background and is shared by every
-request that waits for it. A worker that dies fails its in-flight requests (the worker client
-does that) and is started again by the next request.
+Per model: a worker process, `parallel` slots and a bounded queue (full: QueueFullError, a 429).
+Server-wide: at most `max_loaded_models` loaded and a memory budget measured from the workers'
+resident memory; to load a model, least-recently-used idle unpinned models are unloaded
+(engines/admission.py decides). Loads run one at a time under a lock so two loads never plan
+with the same free room. Idle models past their keep_alive are unloaded by a reaper. A worker
+that dies fails its in-flight requests (the worker client does that); preloaded and pinned
+models are started again by themselves, with backoff when they keep dying.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
+import math
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from contextlib import aclosing, suppress
+from typing import Any, Protocol
 
+from engines.admission import LoadedModel, Verdict, plan_admission
 from engines.base import EngineInfo, Event, Failed, GenerationRequest
-from engines.config import ModelConfig
+from engines.config import ModelConfig, PoolConfig
 from engines.errors import (
     EngineError,
     ModelNotFoundError,
     ModelUnavailableError,
+    QueueFullError,
     ServerShuttingDownError,
 )
+from engines.memory import model_files_bytes, resident_bytes
+from engines.model_state import ModelEntry, ModelState, ModelStatus
 from engines.worker_client import WorkerProcess
 
 log = logging.getLogger("slmserve.pool")
+
+REAPER_INTERVAL_S = 0.25
+
+__all__ = ["EnginePool", "ModelState", "ModelStatus", "Worker", "WorkerFactory"]
 
 
 class Worker(Protocol):
@@ -54,80 +63,6 @@ class Worker(Protocol):
 WorkerFactory = Callable[[ModelConfig], Worker]
 
 
-class ModelState(enum.StrEnum):
-    UNLOADED = "unloaded"
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelStatus:
-    """A snapshot of one model for /v1/models and readiness."""
-
-    name: str
-    engine: str
-    provider: str
-    state: ModelState
-    reason: str | None
-    preload: bool
-    context_length: int | None
-    parallel: int
-    running: int
-    waiting: int
-    pid: int | None
-    load_seconds: float | None
-    last_used: float | None  # unix time
-
-
-class _ModelEntry:
-    """The pool's record of one configured model."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        self.config = config
-        self.worker: Worker | None = None
-        self.info: EngineInfo | None = None
-        self.load_task: asyncio.Task[Worker] | None = None
-        self.watch_task: asyncio.Task[None] | None = None
-        self.failure: str | None = None  # a load failure: the model stays failed
-        self.last_exit: str | None = None  # why the previous worker went away
-        self.slots = asyncio.Semaphore(config.parallel)
-        self.running = 0
-        self.waiting = 0
-        self.last_used: float | None = None
-
-    @property
-    def state(self) -> ModelState:
-        if self.worker is not None and self.worker.alive:
-            return ModelState.READY
-        if self.load_task is not None and not self.load_task.done():
-            return ModelState.LOADING
-        if self.failure is not None:
-            return ModelState.FAILED
-        return ModelState.UNLOADED
-
-    def status(self) -> ModelStatus:
-        state = self.state
-        info = self.info
-        return ModelStatus(
-            name=self.config.name,
-            engine=self.config.engine,
-            provider=info.provider if info else self.config.provider,
-            state=state,
-            reason=self.failure
-            if state is ModelState.FAILED
-            else (None if state is ModelState.READY else self.last_exit),
-            preload=self.config.preload,
-            context_length=info.context_length if info else self.config.context_length,
-            parallel=self.config.parallel,
-            running=self.running,
-            waiting=self.waiting,
-            pid=self.worker.pid if self.worker is not None and self.worker.alive else None,
-            load_seconds=info.load_seconds if info else None,
-            last_used=self.last_used,
-        )
-
-
 class EnginePool:
     """Routes generation requests to per-model workers and owns their lifecycle."""
 
@@ -135,54 +70,83 @@ class EnginePool:
         self,
         models: Sequence[ModelConfig],
         *,
+        pool_config: PoolConfig | None = None,
         worker_factory: WorkerFactory | None = None,
         log_level: str = "INFO",
     ) -> None:
-        self._entries = {model.name: _ModelEntry(model) for model in models}
+        self._entries = {model.name: ModelEntry(model) for model in models}
+        self._config = pool_config or PoolConfig()
         self._worker_factory: WorkerFactory = worker_factory or (
-            lambda config: WorkerProcess(config, log_level=log_level)
+            lambda config: WorkerProcess(
+                config, log_level=log_level, load_timeout_s=self._config.load_timeout_s
+            )
         )
+        self._load_lock = asyncio.Lock()
+        # Set (and replaced) whenever a request ends: admission waits on it for room.
+        self._activity = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Begin loading every preloaded model; readiness reports when they are warm."""
+        """Begin loading every preloaded model and start unloading idle ones."""
+        self._spawn(self._unload_idle_models(), "reaper")
         for entry in self._entries.values():
             if entry.config.preload:
                 self._begin_load(entry)
 
     async def wait_preloaded(self) -> None:
-        """Wait until every preloaded model has finished loading (successfully or not)."""
+        """Wait until every load under way has finished (successfully or not)."""
         tasks = [e.load_task for e in self._entries.values() if e.load_task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop every worker. New requests are refused from now on."""
         self._closing = True
+        for task in self._background:
+            task.cancel()
         for entry in self._entries.values():
             if entry.load_task is not None and not entry.load_task.done():
                 entry.load_task.cancel()
         await asyncio.gather(
-            *(self._stop_worker(entry) for entry in self._entries.values()),
+            *(self._stop_worker(entry, "the server stopped") for entry in self._entries.values()),
             return_exceptions=True,
         )
 
     def is_ready(self) -> bool:
-        """True when every preloaded model is loaded and warm."""
+        """Every preloaded model is warm (or was unloaded on purpose and reloads on demand)."""
         return not self._closing and all(
-            entry.state is ModelState.READY
-            for entry in self._entries.values()
-            if entry.config.preload
+            entry.serves_traffic() for entry in self._entries.values() if entry.config.preload
         )
 
     # -- queries -------------------------------------------------------------------------
 
     def statuses(self) -> list[ModelStatus]:
-        return [entry.status() for entry in self._entries.values()]
+        return [self._status(entry) for entry in self._entries.values()]
 
     def status(self, name: str) -> ModelStatus:
-        return self._entry(name).status()
+        return self._status(self._entry(name))
+
+    def _status(self, entry: ModelEntry) -> ModelStatus:
+        pid = entry.worker.pid if entry.worker is not None else None
+        return entry.status(resident_bytes(pid))
+
+    # -- administration ------------------------------------------------------------------
+
+    async def load(self, name: str) -> ModelStatus:
+        """Load a model now (a failed one is tried again)."""
+        entry = self._entry(name)
+        entry.failure = None
+        await self._ready_worker(entry)
+        return self._status(entry)
+
+    async def unload(self, name: str) -> ModelStatus:
+        """Unload a model once its running requests have finished; its next request reloads it."""
+        entry = self._entry(name)
+        async with entry.all_slots():
+            await self._stop_worker(entry, "unloaded by an administrator")
+        return self._status(entry)
 
     # -- generation ----------------------------------------------------------------------
 
@@ -191,12 +155,19 @@ class EnginePool:
         entry = self._entry(name)
         if self._closing:
             raise ServerShuttingDownError("the server is shutting down")
+        if entry.queue_is_full():
+            raise QueueFullError(
+                f"model {name!r} is at capacity: {entry.running} requests running and "
+                f"{entry.waiting} waiting (max_queue {entry.config.max_queue}); retry later",
+                retry_after_s=entry.retry_after_s(),
+            )
         entry.waiting += 1
         try:
             await entry.slots.acquire()
         finally:
             entry.waiting -= 1
         entry.running += 1
+        started = time.monotonic()
         try:
             worker = await self._ready_worker(entry)
             async with aclosing(worker.generate(request)) as events:
@@ -207,11 +178,12 @@ class EnginePool:
         finally:
             entry.running -= 1
             entry.slots.release()
-            entry.last_used = time.time()
+            entry.record_request(time.monotonic() - started)
+            self._signal_activity()
 
-    # -- internals -----------------------------------------------------------------------
+    # -- loading -------------------------------------------------------------------------
 
-    def _entry(self, name: str) -> _ModelEntry:
+    def _entry(self, name: str) -> ModelEntry:
         entry = self._entries.get(name)
         if entry is None:
             available = ", ".join(sorted(self._entries)) or "none"
@@ -221,73 +193,194 @@ class EnginePool:
             )
         return entry
 
-    async def _ready_worker(self, entry: _ModelEntry) -> Worker:
+    async def _ready_worker(self, entry: ModelEntry) -> Worker:
         if entry.worker is not None and entry.worker.alive:
             return entry.worker
         if entry.failure is not None:
             raise ModelUnavailableError(
-                f"model {entry.config.name!r} failed to load: {entry.failure}", param="model"
+                f"model {entry.name!r} failed to load: {entry.failure}", param="model"
             )
-        task = self._begin_load(entry)
+        wait = entry.backoff_until - time.monotonic()
+        if wait > 0:
+            raise ModelUnavailableError(
+                f"model {entry.name!r} keeps crashing ({entry.last_exit}); "
+                f"it restarts in {wait:.0f}s",
+                param="model",
+                retry_after_s=math.ceil(wait),
+            )
         # Shielded: a client that gives up must not cancel a load other requests wait for.
         try:
-            return await asyncio.shield(task)
+            return await asyncio.shield(self._begin_load(entry))
         except EngineError as error:
+            if isinstance(error, ModelUnavailableError):
+                raise
             raise ModelUnavailableError(
-                f"model {entry.config.name!r} failed to load: {error.message}", param="model"
+                f"model {entry.name!r} failed to load: {error.message}", param="model"
             ) from error
 
-    def _begin_load(self, entry: _ModelEntry) -> asyncio.Task[Worker]:
+    def _begin_load(self, entry: ModelEntry) -> asyncio.Task[Worker]:
         """Start loading the model, or join the load already under way."""
         if entry.load_task is not None and not entry.load_task.done():
             return entry.load_task
-        entry.failure = None
-        task = asyncio.create_task(self._load(entry), name=f"load-{entry.config.name}")
-        # Retrieve the exception so an unawaited failed load is not reported as lost.
+        task = asyncio.create_task(self._load(entry), name=f"load-{entry.name}")
+        # Retrieve the exception so a failed load nobody awaited is not reported as lost.
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         entry.load_task = task
         return task
 
-    async def _load(self, entry: _ModelEntry) -> Worker:
-        config = entry.config
-        log.info("loading model %s (%s, %s)", config.name, config.engine, config.path)
-        worker = self._worker_factory(config)
-        try:
-            info = await worker.start()
-        except EngineError as error:
-            entry.failure = error.message
-            log.error("model %s failed to load: %s", config.name, error.message)
-            raise
-        if self._closing:
-            await worker.stop()
-            raise ServerShuttingDownError("the server is shutting down")
-        entry.worker = worker
-        entry.info = info
-        entry.watch_task = asyncio.create_task(
-            self._watch(entry, worker), name=f"watch-{config.name}"
-        )
-        log.info(
-            "model %s ready in %.2fs on %s (pid %s)",
-            config.name,
-            info.load_seconds,
-            info.provider,
-            worker.pid,
-        )
-        return worker
+    async def _load(self, entry: ModelEntry) -> Worker:
+        async with self._load_lock:
+            if entry.worker is not None and entry.worker.alive:
+                return entry.worker
+            await self._make_room_for(entry)
+            config = entry.config
+            log.info("loading model %s (%s, %s)", config.name, config.engine, config.path)
+            worker = self._worker_factory(config)
+            try:
+                info = await worker.start()
+            except EngineError as error:
+                entry.failure = error.message
+                log.error("model %s failed to load: %s", config.name, error.message)
+                raise
+            if self._closing:
+                await worker.stop()
+                raise ServerShuttingDownError("the server is shutting down")
+            entry.worker, entry.info = worker, info
+            entry.loaded_at = time.time()
+            entry.idle_since = time.monotonic()
+            entry.unloaded_on_purpose = False
+            entry.measured_bytes = resident_bytes(worker.pid)
+            self._spawn(self._watch(entry, worker), f"watch-{config.name}")
+            await self._enforce_memory_budget(entry)
+            log.info(
+                "model %s ready in %.2fs on %s (pid %s, %s resident)",
+                config.name,
+                info.load_seconds,
+                info.provider,
+                worker.pid,
+                _megabytes(entry.measured_bytes),
+            )
+            return worker
 
-    async def _watch(self, entry: _ModelEntry, worker: Worker) -> None:
-        """Notice a worker that exits on its own; preloaded models are started again at once."""
+    def _loaded_facts(self, exclude: ModelEntry) -> list[LoadedModel]:
+        return [
+            LoadedModel(
+                name=e.name,
+                last_used=e.idle_since,
+                resident_bytes=(resident_bytes(e.worker.pid) or 0) if e.worker else 0,
+                pinned=e.config.pinned,
+                busy=e.busy,
+            )
+            for e in self._entries.values()
+            if e is not exclude and e.is_loaded
+        ]
+
+    async def _make_room_for(self, entry: ModelEntry) -> None:
+        """Unload idle models until `entry` fits; wait a while for busy ones; else refuse."""
+        need = entry.measured_bytes or model_files_bytes(entry.config.path)
+        deadline = time.monotonic() + self._config.admission_timeout_s
+        while True:
+            plan = plan_admission(
+                self._loaded_facts(exclude=entry),
+                need_bytes=need,
+                max_models=self._config.max_loaded_models,
+                budget=self._config.memory_budget,
+            )
+            if plan.verdict is Verdict.ADMIT:
+                for name in plan.evict:
+                    await self._stop_worker(
+                        self._entries[name], f"evicted to make room for {entry.name}"
+                    )
+                return
+            remaining = deadline - time.monotonic()
+            if plan.verdict is Verdict.REFUSE or remaining <= 0:
+                raise ModelUnavailableError(
+                    f"model {entry.name!r} cannot be loaded: {plan.reason}", param="model"
+                )
+            activity = self._activity
+            with suppress(TimeoutError):
+                await asyncio.wait_for(activity.wait(), remaining)
+
+    async def _enforce_memory_budget(self, entry: ModelEntry) -> None:
+        """After a load, check the measured total; unload idle models or refuse the new one."""
+        budget = self._config.memory_budget
+        if budget is None:
+            return
+        others = self._loaded_facts(exclude=entry)
+        plan = plan_admission(
+            others, need_bytes=entry.measured_bytes or 0, max_models=None, budget=budget
+        )
+        if plan.verdict is Verdict.ADMIT:
+            for name in plan.evict:
+                await self._stop_worker(
+                    self._entries[name], f"evicted to make room for {entry.name}"
+                )
+            return
+        used = sum(m.resident_bytes for m in others) + (entry.measured_bytes or 0)
+        await self._stop_worker(entry, "it did not fit the memory budget")
+        raise ModelUnavailableError(
+            f"model {entry.name!r} uses {used} bytes with the other models, over the memory "
+            f"budget of {budget} bytes, and nothing idle can be unloaded ({plan.reason})",
+            param="model",
+        )
+
+    # -- unloading and crashes -----------------------------------------------------------
+
+    async def _stop_worker(self, entry: ModelEntry, reason: str) -> None:
+        worker, entry.worker = entry.worker, None
+        if worker is None:
+            return
+        entry.last_exit = reason
+        entry.unloaded_on_purpose = True
+        log.info("unloading model %s (pid %s): %s", entry.name, worker.pid, reason)
+        await worker.stop()
+
+    async def _watch(self, entry: ModelEntry, worker: Worker) -> None:
+        """Notice a worker that exits on its own; restart preloaded and pinned models."""
         pid = worker.pid
         code = await worker.wait_exited()
         if self._closing or entry.worker is not worker:
             return  # stopped on purpose, or already replaced
         entry.worker = None
-        entry.last_exit = f"the worker (pid {pid}) exited with code {code}"
-        log.error("model %s: %s", entry.config.name, entry.last_exit)
-        if entry.config.preload:
+        entry.unloaded_on_purpose = False
+        delay = entry.record_crash(time.monotonic())
+        entry.last_exit = f"its worker (pid {pid}) died with exit code {code}"
+        log.error("model %s: %s; restart in %.0fs", entry.name, entry.last_exit, delay)
+        self._signal_activity()
+        if entry.config.preload or entry.config.pinned:
+            self._spawn(self._restart_after(entry, delay), f"restart-{entry.name}")
+
+    async def _restart_after(self, entry: ModelEntry, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if not self._closing and entry.worker is None:
             self._begin_load(entry)
 
-    async def _stop_worker(self, entry: _ModelEntry) -> None:
-        worker, entry.worker = entry.worker, None
-        if worker is not None:
-            await worker.stop()
+    async def _unload_idle_models(self) -> None:
+        while True:
+            await asyncio.sleep(REAPER_INTERVAL_S)
+            now = time.monotonic()
+            for entry in self._entries.values():
+                keep_alive = entry.config.keep_alive
+                if (
+                    entry.is_loaded
+                    and keep_alive >= 0
+                    and not entry.config.pinned
+                    and not entry.busy
+                    and now - entry.idle_since >= keep_alive
+                ):
+                    await self._stop_worker(entry, f"idle for {keep_alive:g}s (keep_alive)")
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _signal_activity(self) -> None:
+        self._activity.set()
+        self._activity = asyncio.Event()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _megabytes(size: int | None) -> str:
+    return "unknown" if size is None else f"{size / 2**20:.0f} MiB"
