@@ -72,7 +72,7 @@ def from_engine_error(error: engine_errors.EngineError) -> OpenAIError:
     for error_class, status, error_type, code in _ENGINE_ERROR_MAP:
         if isinstance(error, error_class):
             headers = {}
-            if isinstance(error, engine_errors.QueueFullError):
+            if error.retry_after_s is not None:
                 headers["Retry-After"] = str(error.retry_after_s)
             return OpenAIError(
                 status,

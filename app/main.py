@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.errors import install_error_handlers
-from app.routes import chat, health, models
+from app.routes import admin, chat, health, models
 from app.serving.chat import ChatServing
 from app.settings import ServerSettings
 from engines.config import ModelsFile
@@ -33,6 +33,7 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = EnginePool(
             models_file.models,
+            pool_config=models_file.pool,
             worker_factory=worker_factory,
             log_level=settings.log_level.upper(),
         )
@@ -53,6 +54,7 @@ def build_app(
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     return app
 
 

@@ -185,13 +185,20 @@ class ModelCard(BaseModel):
     provider: str
     state: str
     state_reason: str | None = None
+    preload: bool
+    pinned: bool
+    keep_alive_s: float
     context_length: int | None = None
     parallel: int
+    max_queue: int
     running: int
     waiting: int
     pid: int | None = None
+    resident_memory_bytes: int | None = None
     load_seconds: float | None = None
+    loaded_at: int | None = None
     last_used: int | None = None
+    restarts: int
 
 
 class ModelList(BaseModel):

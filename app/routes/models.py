@@ -10,6 +10,10 @@ from engines.pool import ModelStatus
 router = APIRouter()
 
 
+def _unix(timestamp: float | None) -> int | None:
+    return int(timestamp) if timestamp is not None else None
+
+
 def model_card(status: ModelStatus, created: int) -> ModelCard:
     return ModelCard(
         id=status.name,
@@ -18,13 +22,20 @@ def model_card(status: ModelStatus, created: int) -> ModelCard:
         provider=status.provider,
         state=status.state.value,
         state_reason=status.reason,
+        preload=status.preload,
+        pinned=status.pinned,
+        keep_alive_s=status.keep_alive_s,
         context_length=status.context_length,
         parallel=status.parallel,
+        max_queue=status.max_queue,
         running=status.running,
         waiting=status.waiting,
         pid=status.pid,
+        resident_memory_bytes=status.resident_bytes,
         load_seconds=status.load_seconds,
-        last_used=int(status.last_used) if status.last_used is not None else None,
+        loaded_at=_unix(status.loaded_at),
+        last_used=_unix(status.last_used),
+        restarts=status.restarts,
     )
 
 
