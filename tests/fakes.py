@@ -22,7 +22,7 @@ from engines.base import (
     GenerationRequest,
 )
 from engines.config import ModelConfig
-from engines.errors import EngineError
+from engines.errors import EngineError, WorkerCrashedError
 from engines.sequence import Sequence, completion_budget
 
 FAIL_MARKER = "FAIL_AFTER_2"
@@ -149,6 +149,14 @@ class InProcessWorker:
                 if queue is not None:
                     queue.put_nowait(event)
             await asyncio.sleep(self.step_delay_s)
+
+    def crash(self) -> None:
+        """Die like a killed process: in-flight requests fail, wait_exited() returns."""
+        if self._driver is not None:
+            self._driver.cancel()
+        for request_id, queue in self._queues.items():
+            queue.put_nowait(Failed.of(request_id, WorkerCrashedError("the fake worker died")))
+        self._exited.set()
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         if self._driver is not None:

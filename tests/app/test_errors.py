@@ -31,9 +31,12 @@ def test_engine_errors_map_to_one_status_and_code(
     assert mapped.detail.message == error.message
 
 
-def test_queue_full_carries_retry_after() -> None:
+def test_retry_after_travels_as_a_header() -> None:
     mapped = from_engine_error(errors.QueueFullError("full", retry_after_s=7))
     assert mapped.headers == {"Retry-After": "7"}
+    mapped = from_engine_error(errors.ModelUnavailableError("crashing", retry_after_s=4))
+    assert (mapped.status_code, mapped.headers) == (503, {"Retry-After": "4"})
+    assert from_engine_error(errors.ModelUnavailableError("failed")).headers == {}
 
 
 def test_errors_survive_the_wire_by_kind() -> None:

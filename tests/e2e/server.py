@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -40,9 +41,22 @@ def free_port() -> int:
         return port
 
 
-def write_models(path: Path, models: list[dict[str, Any]]) -> Path:
-    path.write_text(yaml.safe_dump({"models": models}))
+def write_models(
+    path: Path, models: list[dict[str, Any]], pool: dict[str, Any] | None = None
+) -> Path:
+    document: dict[str, Any] = {"models": models}
+    if pool is not None:
+        document["pool"] = pool
+    path.write_text(yaml.safe_dump(document))
     return path
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def wait_until_ready(server: LiveServer, timeout_s: float) -> None:

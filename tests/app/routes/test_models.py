@@ -18,6 +18,9 @@ async def test_list_models(server: FakeServer) -> None:
     assert isinstance(card["created"], int)
     assert (card["engine"], card["provider"], card["state"]) == ("gguf", "cpu", "ready")
     assert (card["parallel"], card["running"], card["waiting"]) == (2, 0, 0)
+    assert (card["max_queue"], card["pinned"], card["keep_alive_s"]) == (16, False, -1)
+    assert (card["preload"], card["restarts"]) == (True, 0)
+    assert isinstance(card["loaded_at"], int)
     assert card["context_length"] == 64
 
 
