@@ -97,6 +97,11 @@ class ModelConfig(BaseModel):
         description="Where it runs: `cpu`, `cuda`, `dml` (DirectML), or `auto` (cuda, then dml, "
         "then cpu, whichever is available).",
     )
+    provider_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Options handed to the execution provider as they are (ONNX models: e.g. "
+        "device_id, enable_cuda_graph for cuda).",
+    )
     context_length: int | None = Field(
         default=None,
         ge=16,

@@ -12,4 +12,6 @@ def load_engine(config: ModelConfig) -> Engine:
         from engines.gguf import GGUFEngine
 
         return GGUFEngine(config)
-    raise NotImplementedError(f"engine {config.engine!r} is not available yet")
+    from engines.onnx import OnnxEngine
+
+    return OnnxEngine(config)

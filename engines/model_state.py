@@ -101,9 +101,11 @@ class ModelEntry:
         return self.worker is not None
 
     def serves_traffic(self) -> bool:
-        """Ready, or unloaded on purpose (its next request loads it): fine for readiness."""
+        """Fine for readiness: ready; unloaded on purpose (its next request loads it); or
+        failed to load, which no waiting will fix and must not take the other models out of
+        service (it shows as failed in /ready's body and /v1/models)."""
         state = self.state
-        return state is ModelState.READY or (
+        return state in (ModelState.READY, ModelState.FAILED) or (
             state is ModelState.UNLOADED and self.unloaded_on_purpose
         )
 

@@ -115,7 +115,7 @@ class EnginePool:
         )
 
     def is_ready(self) -> bool:
-        """Every preloaded model is warm (or was unloaded on purpose and reloads on demand)."""
+        """No preloaded model is still loading or restarting (see ModelEntry.serves_traffic)."""
         return not self._closing and all(
             entry.serves_traffic() for entry in self._entries.values() if entry.config.preload
         )
