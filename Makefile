@@ -5,13 +5,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEFAULT_MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+ONNX_MODEL := models/SmolLM2-135M-Instruct-onnx-int4-cpu
+# Exactly one ONNX Runtime GenAI build per environment: cpu here (cuda / directml elsewhere).
+EXTRAS ?= dev,convert,cpu
 
 .PHONY: help install models run lint test test-fast test-e2e clean
 
 help:
 	@echo "make run    - set up, fetch the default model, serve it on 127.0.0.1:8000"
 	@echo "make test   - set up, lint (ruff + mypy), run the whole test suite"
-	@echo "make models - fetch the default model into models/"
+	@echo "make models - fetch the default GGUF model and build its ONNX version in models/"
 	@echo "make lint   - ruff and mypy"
 
 # The virtualenv is rebuilt when pyproject.toml changes. llama-cpp-python is pinned, so pip
@@ -19,7 +22,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(STAMP)
@@ -27,7 +30,11 @@ install: $(STAMP)
 $(DEFAULT_MODEL): | $(STAMP)
 	$(BIN)/slmserve fetch-model --dest models
 
-models: $(DEFAULT_MODEL)
+# The ONNX int4 CPU build of the default model, converted locally (skipped when up to date).
+$(ONNX_MODEL)/genai_config.json: $(DEFAULT_MODEL) | $(STAMP)
+	$(BIN)/slmserve convert $(DEFAULT_MODEL) --output $(ONNX_MODEL) --precision int4 --provider cpu
+
+models: $(DEFAULT_MODEL) $(ONNX_MODEL)/genai_config.json
 
 # SLMSERVE_HOST, SLMSERVE_PORT, SLMSERVE_MODELS (and every other SLMSERVE_* setting) apply.
 run: install models

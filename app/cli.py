@@ -16,6 +16,7 @@ from app.logging import configure_logging
 from app.main import build_app
 from app.settings import ServerSettings
 from engines.config import ConfigError, load_models_file
+from engines.convert import ConversionError, convert
 
 log = logging.getLogger("slmserve")
 
@@ -51,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
     fetch_parser.add_argument(
         "--dest", type=Path, default=Path("models"), help="directory to put it in"
     )
+    convert_parser = commands.add_parser(
+        "convert",
+        help="convert a GGUF file or Hugging Face folder into an ONNX Runtime GenAI model",
+    )
+    convert_parser.add_argument("source", type=Path, help="a .gguf file or a Hugging Face folder")
+    convert_parser.add_argument(
+        "--output", type=Path, help="output folder (default: next to the source)"
+    )
+    convert_parser.add_argument("--precision", choices=("int4", "fp16", "fp32"), default="int4")
+    convert_parser.add_argument(
+        "--provider",
+        choices=("cpu", "cuda", "dml"),
+        default="cpu",
+        help="execution provider the model is built for",
+    )
+    convert_parser.add_argument(
+        "--force", action="store_true", help="rebuild even when the output is up to date"
+    )
     return parser
 
 
@@ -84,10 +103,37 @@ def fetch_model(destination: Path) -> int:
     return 0
 
 
+def convert_model(args: argparse.Namespace) -> int:
+    source: Path = args.source
+    output: Path = args.output or source.with_name(
+        f"{source.stem}-onnx-{args.precision}-{args.provider}"
+    )
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        convert(
+            source,
+            output,
+            precision=args.precision,
+            provider=args.provider,
+            force=args.force,
+            progress=progress,
+        )
+    except ConversionError as error:
+        print(f"slmserve convert: {error}", file=sys.stderr)
+        return 1
+    print(output)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "fetch-model":
         return fetch_model(args.dest)
+    if args.command == "convert":
+        return convert_model(args)
     overrides = {k: v for k, v in vars(args).items() if k in ServerSettings.model_fields}
     return serve(ServerSettings(**overrides))
 
