@@ -9,6 +9,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_PATH = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+ONNX_MODEL_PATH = REPO / "models" / "SmolLM2-135M-Instruct-onnx-int4-cpu"
+ONNX_MODEL_NAME = "smollm2-135m-instruct-onnx"
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +18,10 @@ def default_model_path() -> Path:
     if not DEFAULT_MODEL_PATH.is_file():
         pytest.fail(f"{DEFAULT_MODEL_PATH} is missing: run `make models` (make test does)")
     return DEFAULT_MODEL_PATH
+
+
+@pytest.fixture(scope="session")
+def onnx_model_path() -> Path:
+    if not (ONNX_MODEL_PATH / "genai_config.json").is_file():
+        pytest.fail(f"{ONNX_MODEL_PATH} is missing: run `make models` (make test does)")
+    return ONNX_MODEL_PATH

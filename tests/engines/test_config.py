@@ -64,4 +64,4 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_shipped_example_is_valid() -> None:
     config = load_models_file(Path(__file__).parents[2] / "models.yaml")
-    assert [m.engine for m in config.models] == ["gguf"]
+    assert [m.engine for m in config.models] == ["gguf", "onnx"]
