@@ -116,33 +116,43 @@ def _validation_error(exc: RequestValidationError) -> OpenAIError:
     return OpenAIError(400, text, param=param, code="invalid_value")
 
 
+def _respond(request: Request, error: OpenAIError) -> JSONResponse:
+    """The error response, counted once: by the request's tracker when serving made one."""
+    tracker = getattr(request.state, "tracker", None)
+    if tracker is not None:
+        tracker.failed(error.detail.code)
+    elif request.url.path.startswith("/v1/"):
+        request.app.state.metrics.count_error("", error.detail.code)
+    return error.response()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every exception the app can raise into the OpenAI envelope."""
 
-    async def on_openai_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_openai_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, OpenAIError)
-        return exc.response()
+        return _respond(request, exc)
 
-    async def on_engine_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_engine_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, engine_errors.EngineError)
-        return from_engine_error(exc).response()
+        return _respond(request, from_engine_error(exc))
 
-    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _validation_error(exc).response()
+        return _respond(request, _validation_error(exc))
 
-    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return OpenAIError(
-            exc.status_code, str(exc.detail), type=error_type, headers=exc.headers
-        ).response()
+        error = OpenAIError(exc.status_code, str(exc.detail), type=error_type, headers=exc.headers)
+        return _respond(request, error)
 
     async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return OpenAIError(
+        internal = OpenAIError(
             500, "The server had an internal error.", type="server_error", code="internal_error"
-        ).response()
+        )
+        return _respond(request, internal)
 
     app.add_exception_handler(OpenAIError, on_openai_error)
     app.add_exception_handler(engine_errors.EngineError, on_engine_error)

@@ -12,7 +12,8 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.errors import install_error_handlers
-from app.routes import admin, chat, health, models
+from app.metrics import ServerMetrics
+from app.routes import admin, chat, health, metrics_route, models
 from app.serving.chat import ChatServing
 from app.settings import ServerSettings
 from engines.config import ModelsFile
@@ -31,14 +32,18 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = ServerMetrics()
         pool = EnginePool(
             models_file.models,
             pool_config=models_file.pool,
             worker_factory=worker_factory,
             log_level=settings.log_level.upper(),
+            on_model_loaded=metrics.model_loaded,
         )
+        metrics.watch_pool(pool.statuses)
+        app.state.metrics = metrics
         app.state.pool = pool
-        app.state.chat_serving = ChatServing(pool)
+        app.state.chat_serving = ChatServing(pool, metrics)
         app.state.started_at = int(time.time())
         await pool.start()
         announce = asyncio.create_task(_announce_ready(pool))
@@ -55,6 +60,7 @@ def build_app(
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(metrics_route.router)
     return app
 
 

@@ -73,8 +73,10 @@ class EnginePool:
         pool_config: PoolConfig | None = None,
         worker_factory: WorkerFactory | None = None,
         log_level: str = "INFO",
+        on_model_loaded: Callable[[ModelStatus], None] | None = None,
     ) -> None:
         self._entries = {model.name: ModelEntry(model) for model in models}
+        self._on_model_loaded = on_model_loaded
         self._config = pool_config or PoolConfig()
         self._worker_factory: WorkerFactory = worker_factory or (
             lambda config: WorkerProcess(
@@ -252,6 +254,8 @@ class EnginePool:
             entry.measured_bytes = resident_bytes(worker.pid)
             self._spawn(self._watch(entry, worker), f"watch-{config.name}")
             await self._enforce_memory_budget(entry)
+            if self._on_model_loaded is not None:
+                self._on_model_loaded(self._status(entry))
             log.info(
                 "model %s ready in %.2fs on %s (pid %s, %s resident)",
                 config.name,

@@ -7,11 +7,13 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
 from fastapi import Request, Response
 from sse_starlette import EventSourceResponse
 
 from app.errors import OpenAIError, from_engine_error
+from app.metrics import RequestTracker, ServerMetrics
 from app.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -139,22 +141,25 @@ def _usage(finished: Finished) -> Usage:
 class ChatServing:
     """Serves /v1/chat/completions on top of the engine pool."""
 
-    def __init__(self, pool: EnginePool) -> None:
+    def __init__(self, pool: EnginePool, metrics: ServerMetrics) -> None:
         self._pool = pool
+        self._metrics = metrics
 
     async def create(self, body: ChatCompletionRequest, raw_request: Request) -> Response:
         if unknown := body.unknown_fields():
             log.info("ignoring unknown request fields: %s", ", ".join(unknown))
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        # On request.state so the error handlers count a failure through it, exactly once.
+        tracker = raw_request.state.tracker = self._metrics.track(body.model)
         generation = to_generation_request(request_id, body)
-        events = self._pool.generate(body.model, generation)
+        events = _observed(self._pool.generate(body.model, generation), tracker)
         try:
             if body.stream:
                 # Wait for the prompt to be accepted before answering 200: a request that
                 # cannot run (unknown model, too long, full queue) gets a real HTTP error.
                 first = await until_disconnected(raw_request, anext(events))
                 return EventSourceResponse(
-                    self._stream(body, request_id, first, events),
+                    self._stream(body, request_id, first, events, tracker),
                     sep="\n",
                     ping=SSE_PING_SECONDS,
                 )
@@ -163,6 +168,7 @@ class ChatServing:
             )
         except ClientDisconnected:
             log.info("client left before %s finished; generation cancelled", request_id)
+            tracker.aborted()
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except BaseException:
             await events.aclose()
@@ -200,6 +206,7 @@ class ChatServing:
         request_id: str,
         first: Event,
         events: AsyncGenerator[Event, None],
+        tracker: RequestTracker,
     ) -> AsyncIterator[str]:
         created = int(time.time())
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -239,15 +246,29 @@ class ChatServing:
                     yield text
         except EngineError as error:
             log.warning("stream %s failed: %s", request_id, error.message)
-            yield json.dumps(from_engine_error(error).body())
+            failure = from_engine_error(error)
+            tracker.failed(failure.detail.code)
+            yield json.dumps(failure.body())
         except Exception:
             log.exception("stream %s failed unexpectedly", request_id)
             internal = OpenAIError(
                 500, "The server had an internal error.", type="server_error", code="internal_error"
             )
+            tracker.failed(internal.detail.code)
             yield json.dumps(internal.body())
         finally:
             # Also runs when the client disconnects and the stream is cancelled; the pool's
             # cleanup is synchronous, so the slot is free before the next token.
+            tracker.aborted()  # no-op unless the stream ended early
             await events.aclose()
         yield "[DONE]"
+
+
+async def _observed(
+    events: AsyncGenerator[Event, None], tracker: RequestTracker
+) -> AsyncGenerator[Event, None]:
+    """The events, each shown to the request's metrics tracker as it passes."""
+    async with aclosing(events):
+        async for event in events:
+            tracker.observe(event)
+            yield event

@@ -1,0 +1,272 @@
+"""Prometheus metrics, named and bucketed after vLLM's, prefixed `slmserve_`.
+
+Two kinds of data:
+- per request, observed where tokens leave the front end (`RequestTracker`): time to first
+  token, inter-token latency, end-to-end latency, queue time, token counts (the engine's own,
+  from the final usage), outcomes; plus the prefill and decode times the worker measured where
+  tokens are produced. The per-token cost is one clock read and one histogram observation.
+- per model state (running, waiting, loaded, memory, restarts), read from the pool only when
+  Prometheus scrapes (`PoolCollector`): nothing on the hot path.
+
+Throughput is left to PromQL (`rate(slmserve_generation_tokens_total[1m])`): no
+average-since-start gauges that hide regressions. Each app owns its registry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engines.base import Accepted, Event, Finished, TokenEvent
+from engines.pool import ModelState, ModelStatus
+
+MODEL_LABELS = ("model", "engine", "provider")
+UNKNOWN = "none"  # label value for requests that name no configured model (bounded cardinality)
+
+# vLLM's buckets; inter-token latency gets finer low buckets since small models on CPUs and
+# GPUs produce tokens every few milliseconds.
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+ITL_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+    0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+REQUEST_LATENCY_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+PHASE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, *REQUEST_LATENCY_BUCKETS)
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
+
+
+class PoolCollector(Collector):
+    """Model state read from the pool at scrape time."""
+
+    def __init__(self, statuses: Callable[[], list[ModelStatus]]) -> None:
+        self._statuses = statuses
+
+    def collect(self) -> Iterator[Metric]:
+        statuses = self._statuses()
+        running = GaugeMetricFamily(
+            "slmserve_num_requests_running", "Requests generating now.", labels=MODEL_LABELS
+        )
+        waiting = GaugeMetricFamily(
+            "slmserve_num_requests_waiting", "Requests waiting for a slot.", labels=MODEL_LABELS
+        )
+        slots = GaugeMetricFamily(
+            "slmserve_parallel_slots", "Requests a model generates at once.", labels=MODEL_LABELS
+        )
+        capacity = GaugeMetricFamily(
+            "slmserve_queue_capacity",
+            "Requests that may wait for a slot before the server answers 429.",
+            labels=MODEL_LABELS,
+        )
+        state = GaugeMetricFamily(
+            "slmserve_model_state",
+            "1 for the state each model is in (unloaded, loading, ready, failed).",
+            labels=(*MODEL_LABELS, "state"),
+        )
+        memory = GaugeMetricFamily(
+            "slmserve_worker_resident_memory_bytes",
+            "Resident memory of each loaded model's worker process.",
+            labels=MODEL_LABELS,
+        )
+        restarts = CounterMetricFamily(
+            "slmserve_worker_restarts",
+            "Times a model's worker died unexpectedly.",
+            labels=MODEL_LABELS,
+        )
+        loaded = GaugeMetricFamily("slmserve_loaded_models", "Models loaded in worker processes.")
+        for status in statuses:
+            labels = (status.name, status.engine, status.provider)
+            running.add_metric(labels, status.running)
+            waiting.add_metric(labels, status.waiting)
+            slots.add_metric(labels, status.parallel)
+            capacity.add_metric(labels, status.max_queue)
+            for model_state in ModelState:
+                state.add_metric((*labels, model_state.value), float(status.state is model_state))
+            if status.resident_bytes is not None:
+                memory.add_metric(labels, status.resident_bytes)
+            restarts.add_metric(labels, status.restarts)
+        loaded.add_metric((), sum(status.state is ModelState.READY for status in statuses))
+        yield from (running, waiting, slots, capacity, state, memory, restarts, loaded)
+
+
+class ServerMetrics:
+    """Every metric of one server, in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = MODEL_LABELS
+
+        def histogram(name: str, text: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, text, labels, buckets=buckets, registry=self.registry)
+
+        self.time_to_first_token = histogram(
+            "slmserve_time_to_first_token_seconds",
+            "From request arrival to the first token leaving the server.",
+            TTFT_BUCKETS,
+        )
+        self.inter_token_latency = histogram(
+            "slmserve_inter_token_latency_seconds",
+            "Between two tokens leaving the server.",
+            ITL_BUCKETS,
+        )
+        self.e2e_latency = histogram(
+            "slmserve_e2e_request_latency_seconds",
+            "From request arrival to its last token.",
+            REQUEST_LATENCY_BUCKETS,
+        )
+        self.queue_time = histogram(
+            "slmserve_request_queue_time_seconds",
+            "From arrival until the worker accepts the request (queue, model load).",
+            PHASE_BUCKETS,
+        )
+        self.prefill_time = histogram(
+            "slmserve_request_prefill_time_seconds",
+            "Prompt processing up to the first token, measured in the worker.",
+            PHASE_BUCKETS,
+        )
+        self.decode_time = histogram(
+            "slmserve_request_decode_time_seconds",
+            "From the first to the last token, measured in the worker.",
+            PHASE_BUCKETS,
+        )
+        self.prompt_tokens_per_request = histogram(
+            "slmserve_request_prompt_tokens", "Prompt tokens per finished request.", TOKEN_BUCKETS
+        )
+        self.generation_tokens_per_request = histogram(
+            "slmserve_request_generation_tokens",
+            "Generated tokens per finished request.",
+            TOKEN_BUCKETS,
+        )
+        self.prompt_tokens = Counter(
+            "slmserve_prompt_tokens", "Prompt tokens processed.", labels, registry=self.registry
+        )
+        self.generation_tokens = Counter(
+            "slmserve_generation_tokens", "Tokens generated.", labels, registry=self.registry
+        )
+        self.request_success = Counter(
+            "slmserve_request_success",
+            "Requests that ended normally, by finish reason (stop, length, abort: client left).",
+            (*labels, "finished_reason"),
+            registry=self.registry,
+        )
+        self.request_errors = Counter(
+            "slmserve_request_errors",
+            "Requests answered with an error, by OpenAI error code.",
+            (*labels, "code"),
+            registry=self.registry,
+        )
+        self.load_duration = histogram(
+            "slmserve_model_load_duration_seconds",
+            "Time to start a worker, load the model and warm it up.",
+            LOAD_BUCKETS,
+        )
+        self._statuses: Callable[[], list[ModelStatus]] = list
+
+    def watch_pool(self, statuses: Callable[[], list[ModelStatus]]) -> None:
+        self._statuses = statuses
+        self.registry.register(PoolCollector(statuses))
+
+    def labels_for(self, model: str) -> tuple[str, str, str]:
+        for status in self._statuses():
+            if status.name == model:
+                return (status.name, status.engine, status.provider)
+        return (UNKNOWN, UNKNOWN, UNKNOWN)
+
+    def model_loaded(self, status: ModelStatus) -> None:
+        if status.load_seconds is not None:
+            labels = (status.name, status.engine, status.provider)
+            self.load_duration.labels(*labels).observe(status.load_seconds)
+
+    def count_error(self, model: str, code: str | None) -> None:
+        self.request_errors.labels(*self.labels_for(model), code or "unknown").inc()
+
+    def track(self, model: str) -> RequestTracker:
+        return RequestTracker(self, model)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestTracker:
+    """Observes one request's events as they leave the server."""
+
+    def __init__(self, metrics: ServerMetrics, model: str) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._arrived = time.monotonic()
+        self._last_token_at: float | None = None
+        self._labels: tuple[str, str, str] | None = None
+        self._prompt_tokens = 0
+        self._generated = 0
+        self._done = False
+
+    def observe(self, event: Event) -> None:
+        metrics = self._metrics
+        if isinstance(event, TokenEvent):
+            now = time.monotonic()
+            if self._last_token_at is None:
+                metrics.time_to_first_token.labels(*self._model_labels()).observe(
+                    now - self._arrived
+                )
+            else:
+                metrics.inter_token_latency.labels(*self._model_labels()).observe(
+                    now - self._last_token_at
+                )
+            self._last_token_at = now
+            self._generated += 1
+        elif isinstance(event, Accepted):
+            self._labels = metrics.labels_for(self._model)
+            self._prompt_tokens = event.prompt_tokens
+            metrics.queue_time.labels(*self._labels).observe(time.monotonic() - self._arrived)
+        elif isinstance(event, Finished):
+            self._finished(event)
+
+    def _model_labels(self) -> tuple[str, str, str]:
+        if self._labels is None:
+            self._labels = self._metrics.labels_for(self._model)
+        return self._labels
+
+    def _finished(self, event: Finished) -> None:
+        metrics, labels = self._metrics, self._model_labels()
+        if self._last_token_at is None:  # ended on its first token (an end token)
+            metrics.time_to_first_token.labels(*labels).observe(time.monotonic() - self._arrived)
+        metrics.e2e_latency.labels(*labels).observe(time.monotonic() - self._arrived)
+        metrics.prefill_time.labels(*labels).observe(event.time_to_first_token_s)
+        metrics.decode_time.labels(*labels).observe(event.generation_s)
+        metrics.prompt_tokens_per_request.labels(*labels).observe(event.prompt_tokens)
+        metrics.generation_tokens_per_request.labels(*labels).observe(event.completion_tokens)
+        metrics.prompt_tokens.labels(*labels).inc(event.prompt_tokens)
+        metrics.generation_tokens.labels(*labels).inc(event.completion_tokens)
+        metrics.request_success.labels(*labels, event.finish_reason).inc()
+        self._done = True
+
+    def failed(self, code: str | None) -> None:
+        """The request ended with an error (before or during generation)."""
+        if not self._done:
+            self._count_partial_work()
+            self._metrics.request_errors.labels(*self._model_labels(), code or "unknown").inc()
+            self._done = True
+
+    def aborted(self) -> None:
+        """The client left before the end."""
+        if not self._done:
+            self._count_partial_work()
+            self._metrics.request_success.labels(*self._model_labels(), "abort").inc()
+            self._done = True
+
+    def _count_partial_work(self) -> None:
+        labels = self._model_labels()
+        if self._prompt_tokens:
+            self._metrics.prompt_tokens.labels(*labels).inc(self._prompt_tokens)
+        if self._generated:
+            self._metrics.generation_tokens.labels(*labels).inc(self._generated)

@@ -1,0 +1,61 @@
+"""/metrics on the fake engine: errors counted once, with bounded labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.app.conftest import FAKE_MODEL, FakeServer
+from tests.fakes import FAIL_MARKER
+from tests.metrics_text import value
+
+URL = "/v1/chat/completions"
+
+
+def chat(content: str = "a b c", **fields: Any) -> dict[str, Any]:
+    return {"model": FAKE_MODEL, "messages": [{"role": "user", "content": content}], **fields}
+
+
+async def scrape(server: FakeServer) -> str:
+    response = await server.client.get("/metrics")
+    assert response.status_code == 200
+    return response.text
+
+
+async def test_each_error_is_counted_once_under_its_code(server: FakeServer) -> None:
+    await server.client.post(URL, json={**chat(), "model": "gpt-4"})
+    await server.client.post(URL, json=chat(temperature=9))
+    await server.client.post(URL, json=chat(n=3))
+    await server.client.post(URL, json=chat(" ".join(["w"] * 100)))
+    await server.client.post(URL, json=chat(f"x {FAIL_MARKER}", stream=True))
+    text = await scrape(server)
+    errors = "slmserve_request_errors_total"
+    assert value(text, errors, code="model_not_found", model="none") == 1
+    assert value(text, errors, code="invalid_value", model="none") == 1
+    assert value(text, errors, code="unsupported_parameter", model=FAKE_MODEL) == 1
+    assert value(text, errors, code="context_length_exceeded", model=FAKE_MODEL) == 1
+    assert value(text, errors, code="engine_error", model=FAKE_MODEL) == 1
+    assert value(text, errors) == 5
+    assert value(text, "slmserve_request_success_total") == 0
+    # The stream that failed after two tokens still counts the work it did.
+    assert value(text, "slmserve_generation_tokens_total", model=FAKE_MODEL) == 2
+    assert "gpt-4" not in text
+
+
+async def test_success_by_finish_reason(server: FakeServer) -> None:
+    await server.client.post(URL, json=chat("a b c"))
+    await server.client.post(URL, json=chat("a b c", max_tokens=1, stream=True))
+    text = await scrape(server)
+    success = "slmserve_request_success_total"
+    assert value(text, success, finished_reason="stop", model=FAKE_MODEL) == 1
+    assert value(text, success, finished_reason="length", model=FAKE_MODEL) == 1
+    assert value(text, "slmserve_generation_tokens_total", model=FAKE_MODEL) == 4
+    assert value(text, "slmserve_prompt_tokens_total", model=FAKE_MODEL) == 6
+
+
+async def test_pool_state_is_exported(server: FakeServer) -> None:
+    text = await scrape(server)
+    assert value(text, "slmserve_loaded_models") == 2
+    assert value(text, "slmserve_parallel_slots", model=FAKE_MODEL) == 2
+    assert value(text, "slmserve_queue_capacity", model=FAKE_MODEL) == 16
+    assert value(text, "slmserve_model_state", model=FAKE_MODEL, state="ready") == 1
+    assert value(text, "slmserve_model_load_duration_seconds_count", model=FAKE_MODEL) == 1
