@@ -9,13 +9,17 @@ ONNX_MODEL := models/SmolLM2-135M-Instruct-onnx-int4-cpu
 # Exactly one ONNX Runtime GenAI build per environment: cpu here (cuda / directml elsewhere).
 EXTRAS ?= dev,convert,cpu
 
-.PHONY: help install models run lint test test-fast test-e2e clean
+# Debian packages the deploy checks need, installed when missing (root, or through sudo).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: help install models run lint test test-fast test-e2e test-deploy deploy-tools clean
 
 help:
 	@echo "make run    - set up, fetch the default model, serve it on 127.0.0.1:8000"
 	@echo "make test   - set up, lint (ruff + mypy), run the whole test suite"
 	@echo "make models - fetch the default GGUF model and build its ONNX version in models/"
 	@echo "make lint   - ruff and mypy"
+	@echo "make test-deploy - Prometheus rules/dashboard checks against a live server"
 
 # The virtualenv is rebuilt when pyproject.toml changes. llama-cpp-python is pinned, so pip
 # reuses the wheel it compiled once (its wheel cache survives between runs on a machine).
@@ -46,13 +50,22 @@ lint: install
 	$(BIN)/mypy
 
 test: install models lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not deploy"
 
 test-fast: install
 	$(BIN)/pytest -m "not e2e"
 
 test-e2e: install models
 	$(BIN)/pytest -m e2e
+
+deploy-tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+	@command -v npm >/dev/null || { echo "npm is required (Node.js) for the dashboard check"; exit 1; }
+
+test-deploy: install models deploy-tools
+	$(BIN)/pytest -m deploy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
