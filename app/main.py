@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.auth import ApiKeyMiddleware, ApiKeys
 from app.errors import install_error_handlers
 from app.metrics import ServerMetrics
 from app.routes import admin, chat, health, metrics_route, models
@@ -29,6 +30,8 @@ def build_app(
     worker_factory: WorkerFactory | None = None,
 ) -> FastAPI:
     """The app serving `models_file`; `worker_factory` stands in for worker processes in tests."""
+
+    api_keys = ApiKeys.load(settings.api_key, settings.api_key_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +58,12 @@ def build_app(
             await pool.close()
 
     app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.add_middleware(
+        ApiKeyMiddleware,
+        keys=api_keys,
+        metrics_require_api_key=settings.metrics_require_api_key,
+    )
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(models.router)

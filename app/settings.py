@@ -28,3 +28,14 @@ class ServerSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="`text` for people, `json` (one object per line) for tools."
     )
+    api_key: str | None = Field(
+        default=None,
+        description="API key(s) clients must send as 'Authorization: Bearer KEY', "
+        "comma-separated; unset (and no key file): the API is open.",
+    )
+    api_key_file: Path | None = Field(
+        default=None, description="A file of API keys, one per line ('#' starts a comment)."
+    )
+    metrics_require_api_key: bool = Field(
+        default=False, description="Whether /metrics also needs an API key (when keys are set)."
+    )

@@ -1,0 +1,39 @@
+"""API keys through the official client against the real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import DEFAULT_MODEL_NAME
+from tests.e2e.server import run_server, write_models
+
+
+def test_keyed_server(default_model_path: Path, tmp_path: Path) -> None:
+    model = {"name": DEFAULT_MODEL_NAME, "engine": "gguf", "path": str(default_model_path)}
+    models_file = write_models(tmp_path / "models.yaml", [{**model, "context_length": 512}])
+    with run_server(
+        models_file, tmp_path / "server.log", extra_args=("--api-key", "first,second")
+    ) as server:
+        messages = [{"role": "user", "content": "hi"}]
+        for wrong in ("unused", "firs"):
+            client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=wrong, max_retries=0)
+            with pytest.raises(openai.AuthenticationError) as caught:
+                client.chat.completions.create(
+                    model=DEFAULT_MODEL_NAME,
+                    messages=messages,  # type: ignore[arg-type]
+                    max_tokens=2,
+                )
+            assert caught.value.code == "invalid_api_key"
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="second", max_retries=0)
+        completion = client.chat.completions.create(
+            model=DEFAULT_MODEL_NAME,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=2,
+        )
+        assert completion.choices[0].message.content
+        assert [m.id for m in client.models.list()] == [DEFAULT_MODEL_NAME]
+        assert httpx.get(f"{server.base_url}/ready").status_code == 200
