@@ -7,6 +7,12 @@ prompt never stalls the running streams for long. Each slot samples with its own
 (its own temperature, penalties and seed). A finished or cancelled slot drops its KV cells with
 `llama_memory_seq_rm` and takes the next waiting request.
 
+Prefix reuse: a slot keeps its KV cells after its request ends. A request that continues what
+a free slot holds (a multi-turn chat sends the whole conversation again) goes to that slot; any
+other goes to the least recently used free slot, so other conversations keep their caches. Only
+the cells past the shared prefix are dropped and only the rest of the prompt is prefilled; usage
+reports the reused part as cached tokens.
+
 A llama.cpp context is not thread-safe: only the worker's single loop thread touches it.
 """
 
@@ -42,6 +48,8 @@ log = logging.getLogger("slmserve.engines.gguf")
 BATCH_TOKENS = 512
 # Prompt tokens admitted per step while other slots are generating: bounds their token latency.
 PREFILL_CHUNK_WHILE_DECODING = 128
+# A request "continues" a slot's cache when the shared prefix keeps this much of it.
+CONTINUATION_SHARE = 0.75
 DEFAULT_CONTEXT_CAP = 8192
 
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
@@ -59,17 +67,31 @@ def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> 
 _LLAMA_LOG_CALLBACK = llama_cpp.llama_log_callback(_forward_llama_log)
 
 
+def _common_prefix_length(first: list[int], second: list[int]) -> int:
+    length = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        length += 1
+    return length
+
+
 @dataclass(slots=True)
 class _Slot:
-    """One llama.cpp sequence id and the request it is serving."""
+    """One llama.cpp sequence id, the tokens its KV cells hold, and the request it serves."""
 
     seq_id: int
     sequence: Sequence | None = None
     sampler: llama_cpp.llama_sampler_p | None = None
     pending_prompt: list[int] = field(default_factory=list)
-    n_past: int = 0
+    cached: list[int] = field(default_factory=list)  # tokens in the KV cache, by position
     last_token: int = 0
     logits_index: int = -1  # position of this slot's logits in the last batch, -1 if none
+    last_admitted: int = 0  # admission counter value, for least-recently-used choice
+
+    @property
+    def n_past(self) -> int:
+        return len(self.cached)
 
     @property
     def is_free(self) -> bool:
@@ -132,6 +154,7 @@ class GGUFEngine(Engine):
         self._template = self._load_template(config)
         self._defaults = config.defaults.sampling_params().over(OPENAI_DEFAULTS)
         self._slots = [_Slot(seq_id=i) for i in range(parallel)]
+        self._admissions = 0
         self._waiting: deque[_Waiting] = deque()
         self.info = EngineInfo(
             engine="gguf",
@@ -284,7 +307,7 @@ class GGUFEngine(Engine):
 
     def close(self) -> None:
         for slot in self._slots:
-            self._release(slot)
+            self._release(slot, keep_cache=False)
         self._waiting.clear()
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._context)
@@ -293,15 +316,42 @@ class GGUFEngine(Engine):
     # -- scheduling ----------------------------------------------------------------------
 
     def _admit_waiting(self) -> None:
-        for slot in self._slots:
-            if not self._waiting:
+        while self._waiting:
+            free = [slot for slot in self._slots if slot.is_free]
+            if not free:
                 return
-            if slot.is_free:
-                waiting = self._waiting.popleft()
-                slot.sequence = waiting.sequence
-                slot.sampler = self._build_sampler(waiting.sampling, waiting.sequence)
-                slot.pending_prompt = list(waiting.sequence.prompt_ids)
-                slot.n_past = 0
+            waiting = self._waiting.popleft()
+            prompt = waiting.sequence.prompt_ids
+            slot, shared = self._choose_slot(free, prompt)
+            # At least the last prompt token is evaluated again: its logits give token one.
+            reused = self._keep_prefix(slot, min(shared, len(prompt) - 1))
+            self._admissions += 1
+            slot.last_admitted = self._admissions
+            waiting.sequence.cached_prompt_tokens = reused
+            slot.sequence = waiting.sequence
+            slot.sampler = self._build_sampler(waiting.sampling, waiting.sequence)
+            slot.pending_prompt = prompt[reused:]
+
+    @staticmethod
+    def _choose_slot(free: list[_Slot], prompt: list[int]) -> tuple[_Slot, int]:
+        """The slot this prompt continues, else the least recently used; and the shared length."""
+        shared = {slot.seq_id: _common_prefix_length(slot.cached, prompt) for slot in free}
+        best = max(free, key=lambda slot: shared[slot.seq_id])
+        if best.cached and shared[best.seq_id] >= CONTINUATION_SHARE * best.n_past:
+            return best, shared[best.seq_id]
+        oldest = min(free, key=lambda slot: slot.last_admitted)
+        return oldest, shared[oldest.seq_id]
+
+    def _keep_prefix(self, slot: _Slot, keep: int) -> int:
+        """Drop the slot's KV cells past `keep` tokens; returns how many were kept."""
+        if keep < slot.n_past and not llama_cpp.llama_memory_seq_rm(
+            self._memory, slot.seq_id, keep, -1
+        ):
+            # Some memories cannot drop a partial sequence; start this one afresh.
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            keep = 0
+        del slot.cached[keep:]
+        return keep
 
     def _fill_batch(self) -> list[_Slot]:
         """Put this step's tokens in the batch: one per generating slot, then prompt chunks."""
@@ -338,7 +388,7 @@ class GGUFEngine(Engine):
         batch.seq_id[index][0] = slot.seq_id
         batch.logits[index] = logits
         batch.n_tokens = index + 1
-        slot.n_past += 1
+        slot.cached.append(token)
         return index
 
     def _fail_batch(self, scheduled: list[_Slot], status: int) -> list[Event]:
@@ -347,18 +397,19 @@ class GGUFEngine(Engine):
         for slot in scheduled:
             if slot.sequence is not None:
                 events.append(Failed.of(slot.sequence.request_id, error))
-            self._release(slot)
+            self._release(slot, keep_cache=False)
         return events
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: _Slot, *, keep_cache: bool = True) -> None:
+        """Free the slot; by default its KV cells stay for a request sharing the prefix."""
         if slot.sampler is not None:
             llama_cpp.llama_sampler_free(slot.sampler)
-        if slot.sequence is not None:
+        if not keep_cache:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cached.clear()
         slot.sequence = None
         slot.sampler = None
         slot.pending_prompt = []
-        slot.n_past = 0
         slot.logits_index = -1
 
     def _build_sampler(

@@ -181,3 +181,60 @@ def test_garbage_file_fails_to_load(tmp_path: Path) -> None:
     bogus.write_bytes(b"not a gguf at all" * 100)
     with pytest.raises(ModelLoadError, match="could not load"):
         GGUFEngine(ModelConfig(name="x", engine="gguf", path=bogus))
+
+
+def test_multi_turn_reuses_the_cached_prefix_with_identical_output(
+    engine: GGUFEngine, default_model_path: Path
+) -> None:
+    question = Message("user", "Name three rivers in Europe.")
+    first, first_done = run_alone(
+        engine, GenerationRequest("t1", (question,), max_tokens=30, sampling=GREEDY)
+    )
+    follow_up = GenerationRequest(
+        "t2",
+        (question, Message("assistant", first), Message("user", "Which is the longest?")),
+        max_tokens=30,
+        sampling=GREEDY,
+    )
+    warm_text, warm = run_alone(engine, follow_up)
+    # The first turn's prompt (and most of its answer) was not evaluated again.
+    assert warm.cached_prompt_tokens >= first_done.prompt_tokens
+    assert warm.cached_prompt_tokens < warm.prompt_tokens
+    cold_engine = GGUFEngine(
+        ModelConfig(name="cold", engine="gguf", path=default_model_path, context_length=1024)
+    )
+    try:
+        cold_text, cold = run_alone(cold_engine, follow_up)
+    finally:
+        cold_engine.close()
+    assert cold.cached_prompt_tokens == 0
+    assert warm_text == cold_text
+    assert warm.prompt_tokens == cold.prompt_tokens
+
+
+def test_the_same_prompt_again_reuses_all_but_its_last_token(engine: GGUFEngine) -> None:
+    request = ask("Spell the word 'cat'.", max_tokens=8)
+    text, _ = run_alone(engine, request)
+    again_text, again = run_alone(engine, request)
+    assert again.cached_prompt_tokens == again.prompt_tokens - 1
+    assert again_text == text
+
+
+def test_each_conversation_finds_its_own_slot(engine: GGUFEngine) -> None:
+    topics = ["apples", "boats", "clouds", "deserts"]
+    firsts = {
+        t: run_alone(engine, ask(f"One sentence about {t}.", t, max_tokens=12)) for t in topics
+    }
+    for topic in reversed(topics):
+        text, first = firsts[topic]
+        follow_up = GenerationRequest(
+            topic,
+            (
+                Message("user", f"One sentence about {topic}."),
+                Message("assistant", text),
+                Message("user", "Shorter."),
+            ),
+            max_tokens=5,
+            sampling=GREEDY,
+        )
+        assert run_alone(engine, follow_up)[1].cached_prompt_tokens >= first.prompt_tokens
