@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed
 DEFAULT_MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 ONNX_MODEL := models/SmolLM2-135M-Instruct-onnx-int4-cpu
 # Exactly one ONNX Runtime GenAI build per environment: cpu here (cuda / directml elsewhere).
-EXTRAS ?= dev,convert,cpu
+EXTRAS ?= dev,convert,cpu,bench
 
 # Debian packages the deploy checks need, installed when missing (root, or through sudo).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help install models run lint test test-fast test-e2e test-deploy deploy-tools clean
+.PHONY: help install models run lint test test-fast test-e2e test-deploy deploy-tools bench clean
 
 help:
 	@echo "make run    - set up, fetch the default model, serve it on 127.0.0.1:8000"
@@ -57,6 +57,10 @@ test-fast: install
 
 test-e2e: install models
 	$(BIN)/pytest -m e2e
+
+# Side by side in one run: slmserve, llama-cpp-python's server, the bare engines.
+bench: install models
+	$(BIN)/python -m bench.run
 
 deploy-tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \

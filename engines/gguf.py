@@ -9,9 +9,10 @@ prompt never stalls the running streams for long. Each slot samples with its own
 
 Prefix reuse: a slot keeps its KV cells after its request ends. A request that continues what
 a free slot holds (a multi-turn chat sends the whole conversation again) goes to that slot; any
-other goes to the least recently used free slot, so other conversations keep their caches. Only
-the cells past the shared prefix are dropped and only the rest of the prompt is prefilled; usage
-reports the reused part as cached tokens.
+other goes to the least recently used free slot, so other conversations keep their caches. When
+another slot holds a clearly longer prefix of the prompt (a shared system prompt), its sequence
+is copied into the chosen slot first. Only the cells past the shared prefix are dropped and only
+the rest of the prompt is prefilled; usage reports the reused part as cached tokens.
 
 A llama.cpp context is not thread-safe: only the worker's single loop thread touches it.
 """
@@ -50,6 +51,9 @@ BATCH_TOKENS = 512
 PREFILL_CHUNK_WHILE_DECODING = 128
 # A request "continues" a slot's cache when the shared prefix keeps this much of it.
 CONTINUATION_SHARE = 0.75
+# Copy another slot's cache when it shares this many more prompt tokens: a copy moves the whole
+# sequence buffer (llama.cpp copies across sequences only whole), worth it past a few tokens.
+MIN_PREFIX_COPY_TOKENS = 16
 DEFAULT_CONTEXT_CAP = 8192
 
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
@@ -322,9 +326,8 @@ class GGUFEngine(Engine):
                 return
             waiting = self._waiting.popleft()
             prompt = waiting.sequence.prompt_ids
-            slot, shared = self._choose_slot(free, prompt)
-            # At least the last prompt token is evaluated again: its logits give token one.
-            reused = self._keep_prefix(slot, min(shared, len(prompt) - 1))
+            slot = self._choose_slot(free, prompt)
+            reused = self._prepare_prefix(slot, prompt)
             self._admissions += 1
             slot.last_admitted = self._admissions
             waiting.sequence.cached_prompt_tokens = reused
@@ -333,23 +336,43 @@ class GGUFEngine(Engine):
             slot.pending_prompt = prompt[reused:]
 
     @staticmethod
-    def _choose_slot(free: list[_Slot], prompt: list[int]) -> tuple[_Slot, int]:
-        """The slot this prompt continues, else the least recently used; and the shared length."""
+    def _choose_slot(free: list[_Slot], prompt: list[int]) -> _Slot:
+        """The free slot this prompt continues, else the least recently used one."""
         shared = {slot.seq_id: _common_prefix_length(slot.cached, prompt) for slot in free}
         best = max(free, key=lambda slot: shared[slot.seq_id])
         if best.cached and shared[best.seq_id] >= CONTINUATION_SHARE * best.n_past:
-            return best, shared[best.seq_id]
-        oldest = min(free, key=lambda slot: slot.last_admitted)
-        return oldest, shared[oldest.seq_id]
+            return best
+        return min(free, key=lambda slot: slot.last_admitted)
+
+    def _prepare_prefix(self, slot: _Slot, prompt: list[int]) -> int:
+        """Leave in the slot's cache the longest prefix of `prompt` on offer; returns its length."""
+        shared = _common_prefix_length(slot.cached, prompt)
+        donor = max(
+            (other for other in self._slots if other is not slot),
+            key=lambda other: _common_prefix_length(other.cached, prompt),
+            default=None,
+        )
+        if donor is not None:
+            offered = _common_prefix_length(donor.cached, prompt)
+            if offered >= shared + MIN_PREFIX_COPY_TOKENS:
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                # Whole sequences only (-1, -1): llama.cpp asserts on partial cross-stream copies.
+                llama_cpp.llama_memory_seq_cp(self._memory, donor.seq_id, slot.seq_id, -1, -1)
+                slot.cached = list(donor.cached)
+                shared = offered
+        # At least the last prompt token is evaluated again: its logits give token one.
+        return self._keep_prefix(slot, min(shared, len(prompt) - 1))
 
     def _keep_prefix(self, slot: _Slot, keep: int) -> int:
         """Drop the slot's KV cells past `keep` tokens; returns how many were kept."""
-        if keep < slot.n_past and not llama_cpp.llama_memory_seq_rm(
-            self._memory, slot.seq_id, keep, -1
-        ):
-            # Some memories cannot drop a partial sequence; start this one afresh.
-            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+        memory, seq_id = self._memory, slot.seq_id
+        if keep < slot.n_past and not llama_cpp.llama_memory_seq_rm(memory, seq_id, keep, -1):
+            keep = 0  # this memory cannot drop a partial sequence
+        # Sliding-window caches prune early cells: a prefix without position 0 is unusable.
+        if keep and llama_cpp.llama_memory_seq_pos_min(memory, seq_id) > 0:
             keep = 0
+        if keep == 0:
+            llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
         del slot.cached[keep:]
         return keep
 

@@ -220,6 +220,34 @@ def test_the_same_prompt_again_reuses_all_but_its_last_token(engine: GGUFEngine)
     assert again_text == text
 
 
+def test_a_new_conversation_copies_a_shared_prefix_from_another_slot(
+    default_model_path: Path,
+) -> None:
+    def fresh_engine(parallel: int) -> GGUFEngine:
+        config = ModelConfig(
+            name="fresh", engine="gguf", path=default_model_path, context_length=512,
+            parallel=parallel,
+        )  # fmt: skip
+        return GGUFEngine(config)
+
+    two_slots = fresh_engine(2)
+    try:
+        _, first = run_alone(two_slots, ask("One sentence about lanterns.", max_tokens=12))
+        # The second conversation gets the other, cold slot; without the copy it reuses nothing.
+        text, warm = run_alone(two_slots, ask("One sentence about harbours.", max_tokens=12))
+    finally:
+        two_slots.close()
+    assert first.cached_prompt_tokens == 0
+    # The default system prompt and "One sentence about" came from the other slot's cache.
+    assert warm.cached_prompt_tokens >= 20
+    cold = fresh_engine(1)
+    try:
+        cold_text, _ = run_alone(cold, ask("One sentence about harbours.", max_tokens=12))
+    finally:
+        cold.close()
+    assert text == cold_text
+
+
 def test_each_conversation_finds_its_own_slot(engine: GGUFEngine) -> None:
     topics = ["apples", "boats", "clouds", "deserts"]
     firsts = {
