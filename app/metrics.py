@@ -206,28 +206,28 @@ class RequestTracker:
         self._arrived = time.monotonic()
         self._last_token_at: float | None = None
         self._labels: tuple[str, str, str] | None = None
+        self._inter_token: Histogram | None = None  # the labelled child, looked up once
         self._prompt_tokens = 0
         self._generated = 0
         self._done = False
 
     def observe(self, event: Event) -> None:
-        metrics = self._metrics
         if isinstance(event, TokenEvent):
             now = time.monotonic()
-            if self._last_token_at is None:
-                metrics.time_to_first_token.labels(*self._model_labels()).observe(
-                    now - self._arrived
-                )
+            if self._inter_token is None:
+                labels = self._model_labels()
+                self._metrics.time_to_first_token.labels(*labels).observe(now - self._arrived)
+                self._inter_token = self._metrics.inter_token_latency.labels(*labels)
             else:
-                metrics.inter_token_latency.labels(*self._model_labels()).observe(
-                    now - self._last_token_at
-                )
+                assert self._last_token_at is not None
+                self._inter_token.observe(now - self._last_token_at)
             self._last_token_at = now
             self._generated += 1
         elif isinstance(event, Accepted):
-            self._labels = metrics.labels_for(self._model)
+            self._labels = self._metrics.labels_for(self._model)
             self._prompt_tokens = event.prompt_tokens
-            metrics.queue_time.labels(*self._labels).observe(time.monotonic() - self._arrived)
+            queue_time = time.monotonic() - self._arrived
+            self._metrics.queue_time.labels(*self._labels).observe(queue_time)
         elif isinstance(event, Finished):
             self._finished(event)
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
 
 from fastapi import Request, Response
@@ -18,15 +17,13 @@ from app.protocol import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChoice,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatMessage,
-    ChunkChoice,
-    ChunkDelta,
     PromptTokensDetails,
     Usage,
 )
 from app.serving.disconnect import ClientDisconnected, until_disconnected
+from app.serving.sse import DONE, ChunkRenderer
 from engines.base import Event, Finished, GenerationRequest, Message, TokenEvent
 from engines.errors import EngineError
 from engines.pool import EnginePool
@@ -207,61 +204,46 @@ class ChatServing:
         first: Event,
         events: AsyncGenerator[Event, None],
         tracker: RequestTracker,
-    ) -> AsyncIterator[str]:
-        created = int(time.time())
+    ) -> AsyncIterator[bytes]:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = ChunkRenderer(request_id, int(time.time()), body.model, include_usage)
 
-        def chunk(delta: ChunkDelta, finish_reason: str | None = None) -> str:
-            return ChatCompletionChunk(
-                id=request_id,
-                created=created,
-                model=body.model,
-                choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)],
-            ).model_dump_json(exclude=None if include_usage else {"usage"})
-
-        def render(event: Event) -> list[str]:
+        def render(event: Event) -> Iterator[bytes]:
             if isinstance(event, TokenEvent):
-                return [chunk(ChunkDelta(content=event.text))] if event.text else []
-            if not isinstance(event, Finished):
-                return []
-            rendered = [chunk(ChunkDelta(content=event.text))] if event.text else []
-            rendered.append(chunk(ChunkDelta(), finish_reason=event.finish_reason))
-            if include_usage:
-                usage_chunk = ChatCompletionChunk(
-                    id=request_id,
-                    created=created,
-                    model=body.model,
-                    choices=[],
-                    usage=_usage(event),
-                )
-                rendered.append(usage_chunk.model_dump_json())
-            return rendered
+                if event.text:
+                    yield chunks.content(event.text)
+            elif isinstance(event, Finished):
+                if event.text:
+                    yield chunks.content(event.text)
+                yield chunks.finish(event.finish_reason)
+                if include_usage:
+                    yield chunks.usage(_usage(event))
 
         try:
-            yield chunk(ChunkDelta(role="assistant", content=""))
-            for text in render(first):
-                yield text
+            yield chunks.role()
+            for payload in render(first):
+                yield payload
             async for event in events:
-                for text in render(event):
-                    yield text
+                for payload in render(event):
+                    yield payload
         except EngineError as error:
             log.warning("stream %s failed: %s", request_id, error.message)
             failure = from_engine_error(error)
             tracker.failed(failure.detail.code)
-            yield json.dumps(failure.body())
+            yield chunks.error(failure.body())
         except Exception:
             log.exception("stream %s failed unexpectedly", request_id)
             internal = OpenAIError(
                 500, "The server had an internal error.", type="server_error", code="internal_error"
             )
             tracker.failed(internal.detail.code)
-            yield json.dumps(internal.body())
+            yield chunks.error(internal.body())
         finally:
             # Also runs when the client disconnects and the stream is cancelled; the pool's
             # cleanup is synchronous, so the slot is free before the next token.
             tracker.aborted()  # no-op unless the stream ended early
             await events.aclose()
-        yield "[DONE]"
+        yield DONE
 
 
 async def _observed(
