@@ -3,7 +3,8 @@
 Usage: python -m bench.run [--quick] [--output BENCHMARKS.md]
 
 Systems (one after another, on the same machine, same prompts and max_tokens, greedy):
-  slmserve gguf / onnx     the server under test, streaming through HTTP
+  slmserve gguf / onnx     the server under test, streaming through HTTP (ONNX twice: with
+                           interleaved generators, and with og.Engine batches)
   peer llama_cpp.server    llama-cpp-python's own server, same GGUF, same build
   in-process gguf / onnx   the engines driven directly, no server: the ceiling
 Then /health latency while slmserve prefills a ~1,000-token prompt, on each engine.
@@ -36,6 +37,7 @@ CONTEXT = 2048
 PARALLEL = 8
 
 SLMSERVE_GGUF, SLMSERVE_ONNX = "slmserve gguf", "slmserve onnx"
+SLMSERVE_ONNX_BATCHED = "slmserve onnx og.Engine"
 PEER, INPROCESS_GGUF, INPROCESS_ONNX = "peer llama_cpp.server", "in-process gguf", "in-process onnx"
 
 
@@ -44,6 +46,14 @@ def model_configs() -> list[dict[str, Any]]:
     return [
         {"name": "gguf", "engine": "gguf", "path": str(GGUF), **common},
         {"name": "onnx", "engine": "onnx", "path": str(ONNX), **common},
+        {
+            "name": "onnx-batched",
+            "engine": "onnx",
+            "path": str(ONNX),
+            "batching": "engine",
+            "preload": False,
+            **common,
+        },
     ]
 
 
@@ -101,6 +111,7 @@ async def main(quick: bool, output: Path) -> int:
         with serve(slmserve_command(models_file, port), f"{base}/ready", work / "slmserve.log"):
             results += await run_http(SLMSERVE_GGUF, base, "gguf", levels)
             results += await run_http(SLMSERVE_ONNX, base, "onnx", levels)
+            results += await run_http(SLMSERVE_ONNX_BATCHED, base, "onnx-batched", levels)
             for model in ("gguf", "onnx"):
                 latencies, prompt_tokens[model] = await health_during_prefill(base, model)
                 health[model] = summary(latencies)
@@ -112,7 +123,14 @@ async def main(quick: bool, output: Path) -> int:
         with serve(peer_command(GGUF, port, CONTEXT), f"{base}/v1/models", work / "peer.log"):
             results += await run_http(PEER, base, str(GGUF), levels)
 
-    order = [INPROCESS_GGUF, SLMSERVE_GGUF, PEER, INPROCESS_ONNX, SLMSERVE_ONNX]
+    order = [
+        INPROCESS_GGUF,
+        SLMSERVE_GGUF,
+        PEER,
+        INPROCESS_ONNX,
+        SLMSERVE_ONNX,
+        SLMSERVE_ONNX_BATCHED,
+    ]
     results.sort(key=lambda r: (order.index(r.system), r.concurrency))
     health_p99 = {model: figures["p99_ms"] for model, figures in health.items()}
     body = [

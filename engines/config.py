@@ -97,6 +97,14 @@ class ModelConfig(BaseModel):
         description="Where it runs: `cpu`, `cuda`, `dml` (DirectML), or `auto` (cuda, then dml, "
         "then cpu, whichever is available).",
     )
+    batching: Literal["auto", "interleaved", "engine"] = Field(
+        default="auto",
+        description="ONNX models only. `interleaved`: one og.Generator per request, stepped in "
+        "turn (continuous; every sampling option). `engine`: og.Engine batches requests (on "
+        "CPU in static batches, so a request arriving mid-batch waits for the batch to end, and "
+        "without seeds, presence/frequency penalties or min_p; on CUDA continuously, with paged "
+        "attention). `auto`: engine on cuda, interleaved elsewhere.",
+    )
     provider_options: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
         description="Options handed to the execution provider as they are (ONNX models: e.g. "
@@ -147,6 +155,12 @@ class ModelConfig(BaseModel):
         default_factory=SamplingDefaults,
         description="Sampling defaults for requests that do not set them.",
     )
+
+    @model_validator(mode="after")
+    def _batching_is_for_onnx(self) -> ModelConfig:
+        if self.engine == "gguf" and self.batching != "auto":
+            raise ValueError("batching applies to onnx models; GGUF models always batch")
+        return self
 
     def chat_template_source(self) -> str | None:
         """The override template text, reading it from a file when it names one."""

@@ -1,11 +1,10 @@
 """ONNX Runtime GenAI models (a model folder with genai_config.json) on cpu, cuda or dml.
 
-Each slot owns an `og.Generator` (its own KV cache); a step advances every active generator by
-one token, so `parallel` requests interleave fairly. og samples natively (temperature, top_p,
-top_k, repetition penalty, seed); what it lacks — OpenAI's presence and frequency penalties and
-min_p — is applied to the logits between the forward pass and sampling (`get_logits` /
-`set_logits`). The chat template comes from the folder and is rendered by the same code as for
-GGUF models.
+Concurrent requests are scheduled by engines/onnx_scheduling.py: interleaved generators (every
+sampling option) or og.Engine batches, as the model's `batching` setting says. og samples
+natively (temperature, top_p, top_k, repetition penalty, seed); OpenAI's presence and frequency
+penalties and min_p are applied to the logits where the scheduler allows it. The chat template
+comes from the folder and is rendered by the same code as for GGUF models.
 
 og's bindings hold the GIL through a whole prefill: this engine only ever runs inside its own
 worker process.
@@ -16,31 +15,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from engines.base import (
-    Accepted,
-    Engine,
-    EngineInfo,
-    Event,
-    Failed,
-    Finished,
-    GenerationRequest,
-)
+from engines.base import Accepted, Engine, EngineInfo, Event, Failed, GenerationRequest
 from engines.config import ModelConfig
 from engines.errors import EngineError, InvalidRequestError, ModelLoadError
+from engines.onnx_scheduling import InterleavedGenerators, OgEngineBatches, Scheduler
 from engines.providers import (
     AvailabilityProbes,
     check_single_runtime,
     installed_runtimes,
     resolve_provider,
 )
-from engines.sampling import OPENAI_DEFAULTS, SamplingParams
+from engines.sampling import OPENAI_DEFAULTS
 from engines.sequence import Sequence, completion_budget
 from engines.templates import ChatTemplate
 
@@ -59,21 +47,6 @@ def _token_text(value: Any) -> str:
     if isinstance(value, dict):
         return str(value.get("content", ""))
     return value if isinstance(value, str) else ""
-
-
-@dataclass
-class _Slot:
-    sequence: Sequence
-    generator: Any  # og.Generator
-    stream: Any  # og.TokenizerStream
-    sampling: SamplingParams
-    counts: dict[int, int]  # generated token -> times, for presence/frequency penalties
-
-    @property
-    def edits_logits(self) -> bool:
-        return bool(
-            self.sampling.presence_penalty or self.sampling.frequency_penalty or self.sampling.min_p
-        )
 
 
 class OnnxEngine(Engine):
@@ -96,14 +69,25 @@ class OnnxEngine(Engine):
         log.info("provider %s (asked for %s)", provider, config.provider)
         self._model = self._load_model(folder, provider, config)
         self._tokenizer = og.Tokenizer(self._model)
-        self._eos_ids = {int(token) for token in self._tokenizer.eos_token_ids}
+        eos_ids = {int(token) for token in self._tokenizer.eos_token_ids}
         genai_config = json.loads((folder / "genai_config.json").read_text())
         trained = int(genai_config["model"].get("context_length", DEFAULT_CONTEXT_CAP))
         self._context_length = min(config.context_length or DEFAULT_CONTEXT_CAP, trained)
         self._template = self._load_template(folder, config)
         self._defaults = config.defaults.sampling_params().over(OPENAI_DEFAULTS)
-        self._slots: dict[str, _Slot] = {}
-        self._waiting: deque[tuple[Sequence, SamplingParams]] = deque()
+        batching = config.batching
+        if batching == "auto":
+            batching = "engine" if provider == "cuda" else "interleaved"
+        self._scheduler: Scheduler
+        if batching == "engine":
+            self._scheduler = OgEngineBatches(
+                og, self._model, self._tokenizer, eos_ids, config.parallel, self._context_length
+            )
+        else:
+            self._scheduler = InterleavedGenerators(
+                og, self._model, self._tokenizer, eos_ids, config.parallel
+            )
+        log.info("scheduling concurrent requests with %s", batching)
         self.info = EngineInfo(
             engine="onnx",
             provider=provider,
@@ -169,7 +153,9 @@ class OnnxEngine(Engine):
         return [int(token) for token in self._tokenizer.encode(text)]
 
     def submit(self, request: GenerationRequest) -> Event:
+        sampling = request.sampling.over(self._defaults)
         try:
+            self._scheduler.check(sampling)
             prompt_ids = self._prompt_ids(request)
             if not prompt_ids:
                 raise InvalidRequestError("the prompt is empty", param="messages")
@@ -178,94 +164,19 @@ class OnnxEngine(Engine):
             )
         except EngineError as error:
             return Failed.of(request.request_id, error)
-        sequence = Sequence(request, prompt_ids, budget)
-        self._waiting.append((sequence, request.sampling.over(self._defaults)))
+        self._scheduler.add(Sequence(request, prompt_ids, budget), sampling)
         return Accepted(request.request_id, len(prompt_ids))
 
     def has_work(self) -> bool:
-        return bool(self._waiting or self._slots)
+        return self._scheduler.has_work()
 
     def cancel(self, request_id: str) -> None:
-        for waiting in self._waiting:
-            if waiting[0].request_id == request_id:
-                self._waiting.remove(waiting)
-                return
-        self._slots.pop(request_id, None)
-
-    def close(self) -> None:
-        self._slots.clear()
-        self._waiting.clear()
-        self._tokenizer = None
-        self._model = None
+        self._scheduler.cancel(request_id)
 
     def step(self) -> list[Event]:
-        events: list[Event] = []
-        while self._waiting and len(self._slots) < self._config.parallel:
-            sequence, sampling = self._waiting.popleft()
-            try:
-                self._slots[sequence.request_id] = self._start(sequence, sampling)
-            except Exception as error:  # og raises plain RuntimeErrors
-                failure = EngineError(f"onnxruntime-genai failed to start generation: {error}")
-                events.append(Failed.of(sequence.request_id, failure))
-        for request_id, slot in list(self._slots.items()):
-            try:
-                produced = self._advance(slot)
-            except Exception as error:
-                failure = EngineError(f"onnxruntime-genai failed while generating: {error}")
-                produced = [Failed.of(request_id, failure)]
-            events.extend(produced)
-            if isinstance(produced[-1], Finished | Failed):
-                del self._slots[request_id]
-        return events
+        return self._scheduler.step()
 
-    # -- generation ----------------------------------------------------------------------
-
-    def _start(self, sequence: Sequence, sampling: SamplingParams) -> _Slot:
-        params = og.GeneratorParams(self._model)
-        options: dict[str, Any] = {
-            "max_length": len(sequence.prompt_ids) + sequence.max_new_tokens,
-            "do_sample": not sampling.is_greedy,
-            "repetition_penalty": sampling.repetition_penalty or 1.0,
-        }
-        if not sampling.is_greedy:
-            options["temperature"] = sampling.temperature or 1.0
-            options["top_p"] = sampling.top_p or 1.0
-            options["top_k"] = sampling.top_k or 0
-            seed = sampling.seed_u32()
-            if seed is not None:
-                options["random_seed"] = seed
-        params.set_search_options(**options)
-        generator = og.Generator(self._model, params)
-        generator.append_tokens(np.asarray(sequence.prompt_ids, dtype=np.int32))
-        return _Slot(sequence, generator, self._tokenizer.create_stream(), sampling, {})
-
-    def _advance(self, slot: _Slot) -> list[Event]:
-        if slot.edits_logits:
-            slot.generator.set_logits(self._edited_logits(slot))
-        slot.generator.generate_next_token()
-        token = int(slot.generator.get_next_tokens()[0])
-        if token in self._eos_ids:
-            return [slot.sequence.finish("stop")]
-        slot.counts[token] = slot.counts.get(token, 0) + 1
-        produced: list[Event] = list(
-            slot.sequence.accept(token, slot.stream.decode(token), is_end=False)
-        )
-        return produced
-
-    @staticmethod
-    def _edited_logits(slot: _Slot) -> np.ndarray:
-        """OpenAI's presence/frequency penalties and min_p, which og does not implement."""
-        logits = np.array(slot.generator.get_logits(), dtype=np.float32, copy=True)
-        flat = logits.reshape(-1)
-        sampling = slot.sampling
-        if slot.counts and (sampling.presence_penalty or sampling.frequency_penalty):
-            tokens = np.fromiter(slot.counts.keys(), dtype=np.int64)
-            counts = np.fromiter(slot.counts.values(), dtype=np.float32)
-            flat[tokens] -= (sampling.presence_penalty or 0.0) + (
-                sampling.frequency_penalty or 0.0
-            ) * counts
-        if sampling.min_p:
-            scaled = flat / max(sampling.temperature or 1.0, 1e-6)
-            probabilities = np.exp(scaled - scaled.max())
-            flat[probabilities < sampling.min_p * probabilities.max()] = -np.inf
-        return logits
+    def close(self) -> None:
+        self._scheduler.close()
+        self._tokenizer = None
+        self._model = None

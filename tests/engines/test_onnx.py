@@ -143,3 +143,70 @@ def test_auto_resolves_to_cpu_here(onnx_model_path: Path) -> None:
 def test_a_folder_without_genai_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"genai_config\.json"):
         OnnxEngine(ModelConfig(name="x", engine="onnx", path=tmp_path))
+
+
+@pytest.fixture(scope="module")
+def batched(onnx_model_path: Path) -> Iterator[OnnxEngine]:
+    config = ModelConfig(
+        name="batched",
+        engine="onnx",
+        path=onnx_model_path,
+        parallel=3,
+        context_length=1024,
+        batching="engine",
+    )
+    loaded = OnnxEngine(config)
+    yield loaded
+    loaded.close()
+
+
+def run_together(engine: OnnxEngine, requests: list[GenerationRequest]) -> dict[str, str]:
+    texts = {request.request_id: "" for request in requests}
+    for request in requests:
+        assert isinstance(engine.submit(request), Accepted)
+    while engine.has_work():
+        for event in engine.step():
+            assert not isinstance(event, Failed), event
+            if isinstance(event, TokenEvent | Finished):
+                texts[event.request_id] += event.text
+    return texts
+
+
+def test_og_engine_batches_give_the_interleaved_greedy_text(
+    engine: OnnxEngine, batched: OnnxEngine
+) -> None:
+    requests = [ask(q, str(i), max_tokens=20) for i, q in enumerate(QUESTIONS)]
+    assert run_together(batched, requests) == run_together(engine, requests)
+
+
+def test_og_engine_stops_counts_and_cancels(batched: OnnxEngine) -> None:
+    full, _ = run_alone(batched, ask("Count from 1 to 10 with commas.", max_tokens=40))
+    text, finished = run_alone(
+        batched, ask("Count from 1 to 10 with commas.", max_tokens=40, stop=("4",))
+    )
+    assert (text, finished.finish_reason) == (full[: full.index("4")], "stop")
+    _, finished = run_alone(batched, ask("Tell me a long story.", max_tokens=7))
+    assert (finished.finish_reason, finished.completion_tokens) == ("length", 7)
+    batched.submit(ask("Tell me a long story.", "long", max_tokens=200))
+    batched.step()
+    batched.cancel("long")
+    assert not batched.has_work()
+
+
+def test_og_engine_refuses_what_it_cannot_do_on_cpu(batched: OnnxEngine) -> None:
+    penalised = SamplingParams(temperature=0.7, presence_penalty=1.0)
+    refused = batched.submit(ask("Hi", sampling=penalised))
+    assert isinstance(refused, Failed)
+    assert (refused.kind, refused.param) == ("invalid_request", "presence_penalty")
+    seeded = SamplingParams(temperature=0.7, seed=3)
+    events = list(batched.generate(ask("Hi", sampling=seeded)))
+    failure = events[-1]
+    assert isinstance(failure, Failed)
+    assert failure.param == "seed"
+    assert "dynamic batching" in failure.message
+    assert not batched.has_work()
+
+
+def test_batching_is_an_onnx_setting(default_model_path: Path) -> None:
+    with pytest.raises(ValueError, match="batching applies to onnx models"):
+        ModelConfig(name="x", engine="gguf", path=default_model_path, batching="engine")
