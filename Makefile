@@ -12,7 +12,7 @@ EXTRAS ?= dev,convert,cpu,bench
 # Debian packages the deploy checks need, installed when missing (root, or through sudo).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help install models run lint test test-fast test-e2e test-deploy deploy-tools bench clean
+.PHONY: help install models run lint test test-fast test-e2e test-deploy deploy-tools bench soak clean
 
 help:
 	@echo "make run    - set up, fetch the default model, serve it on 127.0.0.1:8000"
@@ -61,6 +61,10 @@ test-e2e: install models
 # Side by side in one run: slmserve, llama-cpp-python's server, the bare engines.
 bench: install models
 	$(BIN)/python -m bench.run
+
+# Thousands of mixed requests, some abandoned mid-stream: nothing lost, no slot left held.
+soak: install models
+	$(BIN)/python -m bench.soak
 
 deploy-tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \

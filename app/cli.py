@@ -6,14 +6,17 @@ import argparse
 import logging
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal, get_args, get_origin
 
 import uvicorn
+from sse_starlette.sse import AppStatus
 
 from app.fetch import DEFAULT_MODEL, FetchError, fetch
 from app.logging import configure_logging
-from app.main import build_app
+from app.main import begin_drain, build_app
 from app.settings import ServerSettings
 from engines.config import ConfigError, load_models_file
 from engines.convert import ConversionError, convert
@@ -87,9 +90,26 @@ def serve(settings: ServerSettings) -> int:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level,
+        # After SIGTERM, in-flight requests (streams too) get this long to finish.
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
     )
-    uvicorn.Server(config).run()
+    # sse-starlette would cut every stream at once on SIGTERM; let them finish instead
+    # (uvicorn's graceful-shutdown timeout bounds the wait).
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
+    DrainingServer(config, on_exit=lambda: begin_drain(app)).run()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app to drain as soon as a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
 
 def fetch_model(destination: Path) -> int:

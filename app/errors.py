@@ -116,6 +116,22 @@ def _validation_error(exc: RequestValidationError) -> OpenAIError:
     return OpenAIError(400, text, param=param, code="invalid_value")
 
 
+# Codes for errors that Starlette raises by HTTP status alone.
+_HTTP_STATUS_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
+
+
+def http_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> OpenAIError:
+    """The envelope for a plain HTTP error (no route, wrong method, body too large, ...)."""
+    error_type = "invalid_request_error" if status < 500 else "server_error"
+    return OpenAIError(
+        status, message, type=error_type, code=_HTTP_STATUS_CODES.get(status), headers=headers
+    )
+
+
 def _respond(request: Request, error: OpenAIError) -> JSONResponse:
     """The error response, counted once: by the request's tracker when serving made one."""
     tracker = getattr(request.state, "tracker", None)
@@ -143,9 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        error = OpenAIError(exc.status_code, str(exc.detail), type=error_type, headers=exc.headers)
-        return _respond(request, error)
+        return _respond(request, http_error(exc.status_code, str(exc.detail), exc.headers))
 
     async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

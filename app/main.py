@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.auth import ApiKeyMiddleware, ApiKeys
 from app.errors import install_error_handlers
+from app.limits import BodySizeLimitMiddleware
 from app.metrics import ServerMetrics
 from app.routes import admin, chat, health, metrics_route, models
 from app.serving.chat import ChatServing
@@ -46,7 +48,7 @@ def build_app(
         metrics.watch_pool(pool.statuses)
         app.state.metrics = metrics
         app.state.pool = pool
-        app.state.chat_serving = ChatServing(pool, metrics)
+        app.state.chat_serving = ChatServing(pool, metrics, settings)
         app.state.started_at = int(time.time())
         await pool.start()
         announce = asyncio.create_task(_announce_ready(pool))
@@ -59,11 +61,20 @@ def build_app(
 
     app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan)
     app.state.settings = settings
+    # Outermost last: CORS answers preflights, then keys are checked, then the body is limited.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(
         ApiKeyMiddleware,
         keys=api_keys,
         metrics_require_api_key=settings.metrics_require_api_key,
     )
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=settings.cors_allow_methods,
+            allow_headers=settings.cors_allow_headers,
+        )
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(models.router)
@@ -84,3 +95,11 @@ async def _announce_ready(pool: EnginePool) -> None:
         )
     if pool.is_ready():
         log.info("ready: every preloaded model is loaded and warm")
+
+
+def begin_drain(app: FastAPI) -> None:
+    """SIGTERM: refuse new generations (503) and report not ready; running ones continue."""
+    pool: EnginePool | None = getattr(app.state, "pool", None)
+    if pool is not None:
+        log.info("draining: new requests are refused, running ones may finish")
+        pool.begin_drain()

@@ -6,11 +6,15 @@ process that serves them. Every field's description is its documentation and its
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Lists given as "a,b,c" in the environment or on the command line (JSON is accepted too).
+CommaList = Annotated[list[str], NoDecode]
 
 
 class ServerSettings(BaseSettings):
@@ -39,3 +43,51 @@ class ServerSettings(BaseSettings):
     metrics_require_api_key: bool = Field(
         default=False, description="Whether /metrics also needs an API key (when keys are set)."
     )
+    cors_allow_origins: CommaList = Field(
+        default_factory=list,
+        description="Origins browsers may call the API from (comma-separated; '*' for any); "
+        "empty: no CORS headers.",
+    )
+    cors_allow_methods: CommaList = Field(
+        default_factory=lambda: ["GET", "POST", "OPTIONS"],
+        description="HTTP methods allowed for cross-origin calls.",
+    )
+    cors_allow_headers: CommaList = Field(
+        default_factory=lambda: ["Authorization", "Content-Type"],
+        description="Request headers allowed for cross-origin calls.",
+    )
+    max_request_bytes: int = Field(
+        default=4 * 2**20, ge=1024, description="Largest request body accepted (413 beyond)."
+    )
+    max_tokens_cap: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tokens one request may ask to generate (400 beyond), and the limit "
+        "for requests that ask for none; unset: up to the model's context.",
+    )
+    max_messages: int = Field(
+        default=1024, ge=1, description="Most messages one chat request may carry (400 beyond)."
+    )
+    log_prompts: bool = Field(
+        default=False,
+        description="Log each request's messages and generated text (off: only sizes and "
+        "timings are logged).",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM: how long in-flight requests may take to finish before the "
+        "server stops anyway.",
+    )
+
+    @field_validator(
+        "cors_allow_origins", "cors_allow_methods", "cors_allow_headers", mode="before"
+    )
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value

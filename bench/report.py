@@ -109,11 +109,12 @@ def targets(
     return lines
 
 
-def write_section(path: Path, body: list[str]) -> None:
-    section = "\n".join([START, *body, END])
+def write_section(path: Path, body: list[str], *, start: str = START, end: str = END) -> None:
+    """Replace the section between `start` and `end` (or append it), leaving the rest alone."""
+    section = "\n".join([start, *body, end])
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)

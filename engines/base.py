@@ -40,8 +40,10 @@ class GenerationRequest:
     messages: tuple[Message, ...] = ()
     # A raw prompt bypasses the chat template (text completions).
     prompt: str | None = None
-    # None: generate until the end of the context window.
+    # None: generate until the end of the context window (or max_tokens_ceiling).
     max_tokens: int | None = None
+    # A server-wide bound on what a request may generate when it names no max_tokens.
+    max_tokens_ceiling: int | None = None
     stop: tuple[str, ...] = ()
     sampling: SamplingParams = field(default_factory=SamplingParams)
 

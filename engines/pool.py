@@ -88,6 +88,7 @@ class EnginePool:
         self._activity = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._draining = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -116,9 +117,13 @@ class EnginePool:
             return_exceptions=True,
         )
 
+    def begin_drain(self) -> None:
+        """Take no new requests (they get ServerShuttingDownError); running ones continue."""
+        self._draining = True
+
     def is_ready(self) -> bool:
         """No preloaded model is still loading or restarting (see ModelEntry.serves_traffic)."""
-        return not self._closing and all(
+        return not (self._closing or self._draining) and all(
             entry.serves_traffic() for entry in self._entries.values() if entry.config.preload
         )
 
@@ -155,8 +160,8 @@ class EnginePool:
     async def generate(self, name: str, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         """The events of one request; a `Failed` event is raised as its EngineError."""
         entry = self._entry(name)
-        if self._closing:
-            raise ServerShuttingDownError("the server is shutting down")
+        if self._closing or self._draining:
+            raise ServerShuttingDownError("the server is shutting down; retry on another replica")
         if entry.queue_is_full():
             raise QueueFullError(
                 f"model {name!r} is at capacity: {entry.running} requests running and "

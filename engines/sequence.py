@@ -86,7 +86,8 @@ def completion_budget(
         )
     if request.max_tokens is not None:
         return request.max_tokens
-    return min(room, default_max_tokens) if default_max_tokens else room
+    bounds = [room, default_max_tokens, request.max_tokens_ceiling]
+    return min(bound for bound in bounds if bound)
 
 
 class Sequence:

@@ -24,6 +24,7 @@ from app.protocol import (
 )
 from app.serving.disconnect import ClientDisconnected, until_disconnected
 from app.serving.sse import DONE, ChunkRenderer
+from app.settings import ServerSettings
 from engines.base import Event, Finished, GenerationRequest, Message, TokenEvent
 from engines.errors import EngineError
 from engines.pool import EnginePool
@@ -106,12 +107,37 @@ def _engine_messages(body: ChatCompletionRequest) -> tuple[Message, ...]:
     return tuple(messages)
 
 
-def to_generation_request(request_id: str, body: ChatCompletionRequest) -> GenerationRequest:
+def _enforce_limits(body: ChatCompletionRequest, settings: ServerSettings) -> None:
+    if len(body.messages) > settings.max_messages:
+        raise OpenAIError(
+            400,
+            f"This server accepts at most {settings.max_messages} messages per request; "
+            f"this one has {len(body.messages)}.",
+            param="messages",
+            code="too_many_messages",
+        )
+    cap = settings.max_tokens_cap
+    requested = body.max_completion_tokens or body.max_tokens
+    if cap is not None and requested is not None and requested > cap:
+        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise OpenAIError(
+            400,
+            f"'{param}' is limited to {cap} on this server; the request asked for {requested}.",
+            param=param,
+            code="invalid_value",
+        )
+
+
+def to_generation_request(
+    request_id: str, body: ChatCompletionRequest, settings: ServerSettings
+) -> GenerationRequest:
     _reject_unsupported_fields(body)
+    _enforce_limits(body, settings)
     return GenerationRequest(
         request_id=request_id,
         messages=_engine_messages(body),
         max_tokens=body.max_completion_tokens or body.max_tokens,
+        max_tokens_ceiling=settings.max_tokens_cap,
         stop=body.stop_sequences(),
         sampling=SamplingParams(
             temperature=body.temperature,
@@ -138,9 +164,31 @@ def _usage(finished: Finished) -> Usage:
 class ChatServing:
     """Serves /v1/chat/completions on top of the engine pool."""
 
-    def __init__(self, pool: EnginePool, metrics: ServerMetrics) -> None:
+    def __init__(self, pool: EnginePool, metrics: ServerMetrics, settings: ServerSettings) -> None:
         self._pool = pool
         self._metrics = metrics
+        self._settings = settings
+
+    def _log_finished(
+        self, request_id: str, body: ChatCompletionRequest, finished: Finished, text: str
+    ) -> None:
+        """One line per request: sizes and timings always; content only if log_prompts."""
+        log.info(
+            "%s model=%s user=%s prompt_tokens=%d cached=%d completion_tokens=%d finish=%s "
+            "ttft=%.3fs generation=%.3fs",
+            request_id,
+            body.model,
+            body.user or "-",
+            finished.prompt_tokens,
+            finished.cached_prompt_tokens,
+            finished.completion_tokens,
+            finished.finish_reason,
+            finished.time_to_first_token_s,
+            finished.generation_s,
+        )
+        if self._settings.log_prompts:
+            messages = [message.model_dump(exclude_none=True) for message in body.messages]
+            log.info("%s messages=%s output=%r", request_id, messages, text)
 
     async def create(self, body: ChatCompletionRequest, raw_request: Request) -> Response:
         if unknown := body.unknown_fields():
@@ -148,7 +196,7 @@ class ChatServing:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         # On request.state so the error handlers count a failure through it, exactly once.
         tracker = raw_request.state.tracker = self._metrics.track(body.model)
-        generation = to_generation_request(request_id, body)
+        generation = to_generation_request(request_id, body, self._settings)
         events = _observed(self._pool.generate(body.model, generation), tracker)
         try:
             if body.stream:
@@ -184,6 +232,7 @@ class ChatServing:
                 parts.append(event.text)
                 finished = event
         assert finished is not None, "the pool ends every request with Finished or an error"
+        self._log_finished(request_id, body, finished, "".join(parts))
         return ChatCompletion(
             id=request_id,
             model=body.model,
@@ -208,13 +257,19 @@ class ChatServing:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = ChunkRenderer(request_id, int(time.time()), body.model, include_usage)
 
+        sent: list[str] = []  # kept only when the content is to be logged
+
         def render(event: Event) -> Iterator[bytes]:
             if isinstance(event, TokenEvent):
                 if event.text:
+                    if self._settings.log_prompts:
+                        sent.append(event.text)
                     yield chunks.content(event.text)
             elif isinstance(event, Finished):
                 if event.text:
+                    sent.append(event.text)
                     yield chunks.content(event.text)
+                self._log_finished(request_id, body, event, "".join(sent))
                 yield chunks.finish(event.finish_reason)
                 if include_usage:
                     yield chunks.usage(_usage(event))
