@@ -15,7 +15,7 @@ import abc
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from engines.errors import EngineError
 from engines.sampling import SamplingParams
@@ -30,6 +30,17 @@ class Message:
     role: str
     content: str
     name: str | None = None
+    # An assistant turn that called tools: OpenAI's tool_calls objects, as sent.
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    # A tool result: the call it answers.
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JsonConstraint:
+    """Generate one JSON document: any object (no schema), or one valid against `schema`."""
+
+    schema: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,14 @@ class GenerationRequest:
     max_tokens_ceiling: int | None = None
     stop: tuple[str, ...] = ()
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # None: no log probabilities; k: the sampled token's and the k most likely alternatives'.
+    logprobs: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    constraint: JsonConstraint | None = None
+    # OpenAI tool definitions, for chat templates that render tools themselves.
+    tools: tuple[dict[str, Any], ...] = ()
+    # Fill-in-the-middle: text that follows the completion (raw prompts only).
+    suffix: str | None = None
 
 
 @dataclass(slots=True)
@@ -57,12 +76,22 @@ class Accepted:
 
 
 @dataclass(slots=True)
+class TokenLogprob:
+    """Log probability of a sampled token under the model, and the most likely tokens there."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(slots=True)
 class TokenEvent:
     """One sampled token and the text it releases (may be empty: partial UTF-8 or stop string)."""
 
     request_id: str
     token_id: int
     text: str
+    logprob: TokenLogprob | None = None
 
 
 @dataclass(slots=True)

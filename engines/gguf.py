@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import llama_cpp
+import numpy as np
 
 from engines.base import (
     Accepted,
@@ -36,9 +37,12 @@ from engines.base import (
     Failed,
     Finished,
     GenerationRequest,
+    TokenLogprob,
 )
 from engines.config import ModelConfig
 from engines.errors import EngineError, InvalidRequestError, ModelLoadError
+from engines.json_grammar import json_object_grammar, json_schema_grammar
+from engines.logprobs import log_softmax_at
 from engines.sampling import OPENAI_DEFAULTS, SamplingParams
 from engines.sequence import Sequence, completion_budget
 from engines.templates import ChatTemplate
@@ -110,6 +114,14 @@ class _Slot:
 class _Waiting:
     sequence: Sequence
     sampling: SamplingParams
+    grammar: str | None = None
+
+
+def fill_in_the_middle(
+    prefix: list[int], suffix: list[int], *, begin: int, before_suffix: int, middle: int
+) -> list[int]:
+    """Prefix-suffix-middle prompt: the model continues after the `middle` marker."""
+    return [begin, *prefix, before_suffix, *suffix, middle]
 
 
 class GGUFEngine(Engine):
@@ -237,7 +249,33 @@ class GGUFEngine(Engine):
             )
         return self._piece_buffer.raw[:length]
 
+    def _fill_in_the_middle_ids(self, prefix: str, suffix: str) -> list[int]:
+        """Prefix-suffix-middle order with the model's FIM tokens; the model writes the middle."""
+        vocab = self._vocab
+        markers = (
+            llama_cpp.llama_vocab_fim_pre(vocab),
+            llama_cpp.llama_vocab_fim_suf(vocab),
+            llama_cpp.llama_vocab_fim_mid(vocab),
+        )
+        if min(markers) < 0:
+            raise InvalidRequestError(
+                f"model {self._config.name!r} has no fill-in-the-middle tokens, so it cannot "
+                "complete text before a suffix",
+                param="suffix",
+            )
+        begin, before_suffix, middle = markers
+        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        return fill_in_the_middle(
+            self.tokenize(prefix, add_special=add_bos, parse_special=False),
+            self.tokenize(suffix, add_special=False, parse_special=False),
+            begin=begin,
+            before_suffix=before_suffix,
+            middle=middle,
+        )
+
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.suffix is not None:
+            return self._fill_in_the_middle_ids(request.prompt or "", request.suffix)
         if request.prompt is not None:
             text = request.prompt
         elif self._template is None:
@@ -247,13 +285,39 @@ class GGUFEngine(Engine):
                 param="messages",
             )
         else:
-            text = self._template.render(request.messages)
+            text = self._template.render(request.messages, tools=request.tools)
         add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         if add_bos and self._template and text.startswith(self._template.bos_token or "\0"):
             add_bos = False  # the template already wrote BOS; do not add a second one
         return self.tokenize(text, add_special=add_bos)
 
     # -- requests ------------------------------------------------------------------------
+
+    def _check_logit_bias(self, request: GenerationRequest) -> None:
+        for token, _ in request.logit_bias:
+            if not 0 <= token < self._n_vocab:
+                raise InvalidRequestError(
+                    f"logit_bias names token {token}; this model's tokens are 0 to "
+                    f"{self._n_vocab - 1}",
+                    param="logit_bias",
+                )
+
+    def _grammar(self, request: GenerationRequest) -> str | None:
+        """The request's JSON constraint as GBNF, checked to compile in llama.cpp."""
+        constraint = request.constraint
+        if constraint is None:
+            return None
+        if constraint.schema is None:
+            grammar = json_object_grammar()
+        else:
+            grammar = json_schema_grammar(constraint.schema)
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise InvalidRequestError(
+                "the JSON schema gave a grammar llama.cpp cannot use", param="response_format"
+            )
+        llama_cpp.llama_sampler_free(sampler)
+        return grammar
 
     def submit(self, request: GenerationRequest) -> Event:
         try:
@@ -266,10 +330,13 @@ class GGUFEngine(Engine):
                 self._context_length,
                 self._config.defaults.max_tokens,
             )
+            self._check_logit_bias(request)
+            grammar = self._grammar(request)
         except EngineError as error:
             return Failed.of(request.request_id, error)
         sampling = request.sampling.over(self._defaults)
-        self._waiting.append(_Waiting(Sequence(request, prompt_ids, budget), sampling))
+        sequence = Sequence(request, prompt_ids, budget)
+        self._waiting.append(_Waiting(sequence, sampling, grammar))
         return Accepted(request.request_id, len(prompt_ids))
 
     def has_work(self) -> bool:
@@ -300,7 +367,11 @@ class GGUFEngine(Engine):
                 continue
             token = llama_cpp.llama_sampler_sample(slot.sampler, self._context, slot.logits_index)
             is_end = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
-            produced = sequence.accept(token, b"" if is_end else self._piece(token), is_end=is_end)
+            logprob = None
+            if sequence.request.logprobs is not None and not is_end:
+                logprob = self._logprob(slot.logits_index, token, sequence.request.logprobs)
+            piece = b"" if is_end else self._piece(token)
+            produced = sequence.accept(token, piece, is_end=is_end, logprob=logprob)
             slot.last_token = token
             if not isinstance(produced[-1], Finished) and slot.n_past >= self._context_length:
                 produced.append(sequence.finish("length"))
@@ -332,7 +403,7 @@ class GGUFEngine(Engine):
             slot.last_admitted = self._admissions
             waiting.sequence.cached_prompt_tokens = reused
             slot.sequence = waiting.sequence
-            slot.sampler = self._build_sampler(waiting.sampling, waiting.sequence)
+            slot.sampler = self._build_sampler(waiting)
             slot.pending_prompt = prompt[reused:]
 
     @staticmethod
@@ -435,15 +506,34 @@ class GGUFEngine(Engine):
         slot.pending_prompt = []
         slot.logits_index = -1
 
-    def _build_sampler(
-        self, sampling: SamplingParams, sequence: Sequence
-    ) -> llama_cpp.llama_sampler_p:
+    def _logprob(self, logits_index: int, token: int, top: int) -> TokenLogprob:
+        """From the model's raw logits (before sampling settings, bias or grammar)."""
+        pointer = llama_cpp.llama_get_logits_ith(self._context, logits_index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        value, best = log_softmax_at(logits, token, top)
+        alternatives = tuple((self._piece(t, special=True), lp) for t, lp in best)
+        return TokenLogprob(self._piece(token, special=True), value, alternatives)
+
+    def _build_sampler(self, waiting: _Waiting) -> llama_cpp.llama_sampler_p:
+        sampling, sequence = waiting.sampling, waiting.sequence
         chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(
             llama_cpp.llama_sampler_chain_default_params()
         )
 
         def add(sampler: llama_cpp.llama_sampler_p) -> None:
             llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+        if waiting.grammar is not None:
+            # First: the grammar masks out every token that would break the document.
+            add(
+                llama_cpp.llama_sampler_init_grammar(self._vocab, waiting.grammar.encode(), b"root")
+            )
+        bias = sequence.request.logit_bias
+        if bias:
+            entries = (llama_cpp.llama_logit_bias * len(bias))()
+            for entry, (token, value) in zip(entries, bias, strict=True):
+                entry.token, entry.bias = token, value
+            add(llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(bias), entries))
 
         repeat = sampling.repetition_penalty or 1.0
         frequency = sampling.frequency_penalty or 0.0

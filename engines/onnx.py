@@ -21,7 +21,12 @@ from typing import Any
 from engines.base import Accepted, Engine, EngineInfo, Event, Failed, GenerationRequest
 from engines.config import ModelConfig
 from engines.errors import EngineError, InvalidRequestError, ModelLoadError
-from engines.onnx_scheduling import InterleavedGenerators, OgEngineBatches, Scheduler
+from engines.onnx_scheduling import (
+    InterleavedGenerators,
+    OgEngineBatches,
+    Scheduler,
+    guidance_schema,
+)
 from engines.providers import (
     AvailabilityProbes,
     check_single_runtime,
@@ -72,6 +77,8 @@ class OnnxEngine(Engine):
         eos_ids = {int(token) for token in self._tokenizer.eos_token_ids}
         genai_config = json.loads((folder / "genai_config.json").read_text())
         trained = int(genai_config["model"].get("context_length", DEFAULT_CONTEXT_CAP))
+        self._vocab_size = int(genai_config["model"]["vocab_size"])
+        self._valid_guidance: set[str] = set()
         self._context_length = min(config.context_length or DEFAULT_CONTEXT_CAP, trained)
         self._template = self._load_template(folder, config)
         self._defaults = config.defaults.sampling_params().over(OPENAI_DEFAULTS)
@@ -152,10 +159,42 @@ class OnnxEngine(Engine):
             text = self._template.render(request.messages)
         return [int(token) for token in self._tokenizer.encode(text)]
 
+    def _check_request(self, request: GenerationRequest) -> None:
+        if request.suffix is not None:
+            raise InvalidRequestError(
+                "ONNX models cannot complete text before a suffix (no fill-in-the-middle)",
+                param="suffix",
+            )
+        for token, _ in request.logit_bias:
+            if not 0 <= token < self._vocab_size:
+                raise InvalidRequestError(
+                    f"logit_bias names token {token}; this model's tokens are 0 to "
+                    f"{self._vocab_size - 1}",
+                    param="logit_bias",
+                )
+        if request.constraint is not None:
+            self._check_guidance(guidance_schema(request.constraint))
+
+    def _check_guidance(self, schema: str) -> None:
+        """og compiles a grammar when a generator is made: try a tiny one, once per schema."""
+        if schema in self._valid_guidance:
+            return
+        params = og.GeneratorParams(self._model)
+        params.set_search_options(max_length=2)
+        params.set_guidance("json_schema", schema)
+        try:
+            og.Generator(self._model, params)
+        except RuntimeError as error:  # nothing but the grammar can fail on so small a generator
+            raise InvalidRequestError(
+                f"the JSON schema cannot be used: {error}", param="response_format"
+            ) from error
+        self._valid_guidance.add(schema)
+
     def submit(self, request: GenerationRequest) -> Event:
         sampling = request.sampling.over(self._defaults)
         try:
-            self._scheduler.check(sampling)
+            self._check_request(request)
+            self._scheduler.check(request, sampling)
             prompt_ids = self._prompt_ids(request)
             if not prompt_ids:
                 raise InvalidRequestError("the prompt is empty", param="messages")

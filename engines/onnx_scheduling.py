@@ -18,15 +18,23 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engines.base import Event, Failed, Finished
+from engines.base import Event, Failed, Finished, GenerationRequest, JsonConstraint, TokenLogprob
 from engines.errors import EngineError, InvalidRequestError
+from engines.logprobs import log_softmax_at
 from engines.sampling import SamplingParams
 from engines.sequence import Sequence
 
+ANY_OBJECT_SCHEMA = '{"type": "object"}'
+
+
+def guidance_schema(constraint: JsonConstraint) -> str:
+    """The JSON schema og's guidance enforces (json_object: any object)."""
+    return constraint.schema or ANY_OBJECT_SCHEMA
+
 
 class Scheduler(Protocol):
-    def check(self, sampling: SamplingParams) -> None:
-        """Raise InvalidRequestError for sampling this scheduler cannot honour."""
+    def check(self, request: GenerationRequest, sampling: SamplingParams) -> None:
+        """Raise InvalidRequestError for what this scheduler cannot honour."""
 
     def add(self, sequence: Sequence, sampling: SamplingParams) -> None: ...
 
@@ -50,7 +58,12 @@ class _GeneratorSlot:
     @property
     def edits_logits(self) -> bool:
         sampling = self.sampling
-        return bool(sampling.presence_penalty or sampling.frequency_penalty or sampling.min_p)
+        return bool(
+            sampling.presence_penalty
+            or sampling.frequency_penalty
+            or sampling.min_p
+            or self.sequence.request.logit_bias
+        )
 
 
 def _failure(request_id: str, what: str, error: Exception) -> Failed:
@@ -67,7 +80,7 @@ class InterleavedGenerators:
         self._slots: dict[str, _GeneratorSlot] = {}
         self._waiting: deque[tuple[Sequence, SamplingParams]] = deque()
 
-    def check(self, sampling: SamplingParams) -> None:
+    def check(self, request: GenerationRequest, sampling: SamplingParams) -> None:
         return None  # everything is supported
 
     def add(self, sequence: Sequence, sampling: SamplingParams) -> None:
@@ -120,25 +133,50 @@ class InterleavedGenerators:
             if seed is not None:
                 options["random_seed"] = seed
         params.set_search_options(**options)
+        constraint = sequence.request.constraint
+        if constraint is not None:
+            params.set_guidance("json_schema", guidance_schema(constraint))
         generator = self._og.Generator(self._model, params)
         generator.append_tokens(np.asarray(sequence.prompt_ids, dtype=np.int32))
         return _GeneratorSlot(sequence, generator, self._tokenizer.create_stream(), sampling)
 
     def _advance(self, slot: _GeneratorSlot) -> list[Event]:
-        if slot.edits_logits:
-            slot.generator.set_logits(self._edited_logits(slot))
+        top = slot.sequence.request.logprobs
+        raw: np.ndarray | None = None
+        if top is not None or slot.edits_logits:
+            # A copy: generate_next_token runs the next forward pass into og's buffer.
+            raw = np.array(slot.generator.get_logits(), dtype=np.float32, copy=True)
+            if slot.edits_logits:
+                slot.generator.set_logits(self._edited_logits(slot, raw))
         slot.generator.generate_next_token()
         token = int(slot.generator.get_next_tokens()[0])
         if token in self._eos_ids:
             return [slot.sequence.finish("stop")]
         slot.counts[token] = slot.counts.get(token, 0) + 1
-        return list(slot.sequence.accept(token, slot.stream.decode(token), is_end=False))
+        logprob = None
+        if top is not None and raw is not None:
+            logprob = self._logprob(raw, token, top)
+        piece = slot.stream.decode(token)
+        return list(slot.sequence.accept(token, piece, is_end=False, logprob=logprob))
+
+    def _token_bytes(self, token: int) -> bytes:
+        text: str = self._tokenizer.decode(np.asarray([token], dtype=np.int32))
+        return text.encode("utf-8", "replace")
+
+    def _logprob(self, raw: Any, token: int, top: int) -> TokenLogprob:
+        """From the model's raw logits (before sampling settings, bias or guidance)."""
+        value, best = log_softmax_at(raw, token, top)
+        alternatives = tuple((self._token_bytes(t), lp) for t, lp in best)
+        return TokenLogprob(self._token_bytes(token), value, alternatives)
 
     @staticmethod
-    def _edited_logits(slot: _GeneratorSlot) -> np.ndarray:
-        """OpenAI's presence/frequency penalties and min_p, which og does not implement."""
-        logits = np.array(slot.generator.get_logits(), dtype=np.float32, copy=True)
+    def _edited_logits(slot: _GeneratorSlot, raw: np.ndarray) -> np.ndarray:
+        """What og does not implement: OpenAI's presence/frequency penalties, min_p and
+        logit_bias."""
+        logits = raw.copy()
         flat = logits.reshape(-1)
+        for token, bias in slot.sequence.request.logit_bias:
+            flat[token] += bias
         sampling = slot.sampling
         if slot.counts and (sampling.presence_penalty or sampling.frequency_penalty):
             tokens = np.fromiter(slot.counts.keys(), dtype=np.int64)
@@ -188,12 +226,16 @@ class OgEngineBatches:
             int(flags.FAILED),
         )
 
-    def check(self, sampling: SamplingParams) -> None:
+    def check(self, request: GenerationRequest, sampling: SamplingParams) -> None:
         unsupported = [
             name
             for name in ("presence_penalty", "frequency_penalty", "min_p")
             if getattr(sampling, name)
         ]
+        if request.logit_bias:
+            unsupported.append("logit_bias")
+        if request.logprobs is not None:
+            unsupported.append("logprobs")
         if unsupported:
             raise InvalidRequestError(
                 f"{', '.join(unsupported)} cannot be used with this model: it is served with "
@@ -269,6 +311,8 @@ class OgEngineBatches:
         turn.set_do_sample(not sampling.is_greedy)
         turn.set_repetition_penalty(sampling.repetition_penalty or 1.0)
         turn.set_max_generated_tokens(sequence.max_new_tokens)
+        if sequence.request.constraint is not None:
+            turn.set_guidance("json_schema", guidance_schema(sequence.request.constraint))
         if not sampling.is_greedy:
             turn.set_temperature(sampling.temperature or 1.0)
             turn.set_top_p(sampling.top_p or 1.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import time
 
-from engines.base import Finished, FinishReason, GenerationRequest, TokenEvent
+from engines.base import Finished, FinishReason, GenerationRequest, TokenEvent, TokenLogprob
 from engines.errors import ContextLengthExceededError
 
 
@@ -107,7 +107,12 @@ class Sequence:
         self.first_token_at: float | None = None
 
     def accept(
-        self, token_id: int, piece: bytes | str, *, is_end: bool
+        self,
+        token_id: int,
+        piece: bytes | str,
+        *,
+        is_end: bool,
+        logprob: TokenLogprob | None = None,
     ) -> list[TokenEvent | Finished]:
         """Account one sampled token; the last event is `Finished` when the request is done."""
         if self.first_token_at is None:
@@ -116,7 +121,7 @@ class Sequence:
             return [self.finish("stop")]
         self.completion_tokens += 1
         events: list[TokenEvent | Finished] = [
-            TokenEvent(self.request_id, token_id, self.text.push(piece))
+            TokenEvent(self.request_id, token_id, self.text.push(piece), logprob)
         ]
         if self.text.stopped:
             events.append(self.finish("stop"))

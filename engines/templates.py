@@ -19,6 +19,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engines.base import Message
 from engines.errors import InvalidRequestError, ModelLoadError
+from engines.tools import template_message, with_tool_fallback
 
 
 class TemplateRaisedError(InvalidRequestError):
@@ -57,13 +58,25 @@ class ChatTemplate:
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
+        # Templates that render tool definitions and tool turns themselves mention `tools`.
+        self.handles_tools = "tools" in source
 
-    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[dict[str, Any]] = (),
+    ) -> str:
         """The prompt text for a conversation, ending where the assistant's answer begins."""
-        payload = [_message_dict(message) for message in messages]
+        if not self.handles_tools:
+            messages = with_tool_fallback(messages, tools)
+            tools = ()
+        payload = [template_message(message) for message in messages]
         try:
             return self._template.render(
                 messages=payload,
+                tools=list(tools) or None,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
@@ -74,10 +87,3 @@ class ChatTemplate:
             raise InvalidRequestError(
                 f"the model's chat template failed on these messages: {exc}", param="messages"
             ) from exc
-
-
-def _message_dict(message: Message) -> dict[str, Any]:
-    data: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.name is not None:
-        data["name"] = message.name
-    return data
