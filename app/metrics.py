@@ -190,64 +190,86 @@ class ServerMetrics:
     def count_error(self, model: str, code: str | None) -> None:
         self.request_errors.labels(*self.labels_for(model), code or "unknown").inc()
 
-    def track(self, model: str) -> RequestTracker:
-        return RequestTracker(self, model)
+    def track(self, model: str, choices: int = 1, choices_per_prompt: int = 1) -> RequestTracker:
+        return RequestTracker(self, model, choices, choices_per_prompt)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class RequestTracker:
-    """Observes one request's events as they leave the server."""
+    """Observes one request's events as they leave the server (all of its choices).
 
-    def __init__(self, metrics: ServerMetrics, model: str) -> None:
+    Latencies follow each choice's tokens; counts follow the response's usage: the prompt once,
+    generated tokens of every choice; the request ends when its last choice does.
+    """
+
+    def __init__(
+        self, metrics: ServerMetrics, model: str, choices: int = 1, choices_per_prompt: int = 1
+    ) -> None:
         self._metrics = metrics
         self._model = model
+        self._choices = choices
+        self._choices_per_prompt = choices_per_prompt
         self._arrived = time.monotonic()
-        self._last_token_at: float | None = None
+        self._first_token_seen = False
+        self._last_token_at: dict[int, float] = {}
         self._labels: tuple[str, str, str] | None = None
         self._inter_token: Histogram | None = None  # the labelled child, looked up once
         self._prompt_tokens = 0
         self._generated = 0
+        self._finished: dict[int, Finished] = {}
         self._done = False
 
-    def observe(self, event: Event) -> None:
+    def observe(self, event: Event, index: int = 0) -> None:
         if isinstance(event, TokenEvent):
             now = time.monotonic()
-            if self._inter_token is None:
+            if not self._first_token_seen:
+                self._first_token_seen = True
                 labels = self._model_labels()
                 self._metrics.time_to_first_token.labels(*labels).observe(now - self._arrived)
                 self._inter_token = self._metrics.inter_token_latency.labels(*labels)
-            else:
-                assert self._last_token_at is not None
-                self._inter_token.observe(now - self._last_token_at)
-            self._last_token_at = now
+            previous = self._last_token_at.get(index)
+            if previous is not None and self._inter_token is not None:
+                self._inter_token.observe(now - previous)
+            self._last_token_at[index] = now
             self._generated += 1
         elif isinstance(event, Accepted):
-            self._labels = self._metrics.labels_for(self._model)
-            self._prompt_tokens = event.prompt_tokens
-            queue_time = time.monotonic() - self._arrived
-            self._metrics.queue_time.labels(*self._labels).observe(queue_time)
+            if self._labels is None:
+                self._labels = self._metrics.labels_for(self._model)
+                self._prompt_tokens = event.prompt_tokens
+                queue_time = time.monotonic() - self._arrived
+                self._metrics.queue_time.labels(*self._labels).observe(queue_time)
         elif isinstance(event, Finished):
-            self._finished(event)
+            self._finished[index] = event
+            if len(self._finished) == self._choices:
+                self._all_finished()
 
     def _model_labels(self) -> tuple[str, str, str]:
         if self._labels is None:
             self._labels = self._metrics.labels_for(self._model)
         return self._labels
 
-    def _finished(self, event: Finished) -> None:
+    def _all_finished(self) -> None:
         metrics, labels = self._metrics, self._model_labels()
-        if self._last_token_at is None:  # ended on its first token (an end token)
+        first = self._finished[min(self._finished)]
+        if not self._first_token_seen:  # every choice ended on its first (end) token
             metrics.time_to_first_token.labels(*labels).observe(time.monotonic() - self._arrived)
+        generated = sum(event.completion_tokens for event in self._finished.values())
+        # Like usage: each prompt once, however many choices it has.
+        prompt = sum(
+            event.prompt_tokens
+            for index, event in self._finished.items()
+            if index % self._choices_per_prompt == 0
+        )
         metrics.e2e_latency.labels(*labels).observe(time.monotonic() - self._arrived)
-        metrics.prefill_time.labels(*labels).observe(event.time_to_first_token_s)
-        metrics.decode_time.labels(*labels).observe(event.generation_s)
-        metrics.prompt_tokens_per_request.labels(*labels).observe(event.prompt_tokens)
-        metrics.generation_tokens_per_request.labels(*labels).observe(event.completion_tokens)
-        metrics.prompt_tokens.labels(*labels).inc(event.prompt_tokens)
-        metrics.generation_tokens.labels(*labels).inc(event.completion_tokens)
-        metrics.request_success.labels(*labels, event.finish_reason).inc()
+        metrics.prefill_time.labels(*labels).observe(first.time_to_first_token_s)
+        metrics.decode_time.labels(*labels).observe(first.generation_s)
+        metrics.prompt_tokens_per_request.labels(*labels).observe(prompt)
+        metrics.generation_tokens_per_request.labels(*labels).observe(generated)
+        metrics.prompt_tokens.labels(*labels).inc(prompt)
+        metrics.generation_tokens.labels(*labels).inc(generated)
+        metrics.request_success.labels(*labels, first.finish_reason).inc()
         self._done = True
 
     def failed(self, code: str | None) -> None:

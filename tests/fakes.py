@@ -3,7 +3,9 @@
 The fake "model" answers with the words of the last user message in reverse order, one token per
 word, then ends. It goes through the real `Sequence` bookkeeping, so stop strings, max_tokens and
 context limits behave as in the real engines. A user message containing `FAIL_AFTER_2` makes it
-fail after two tokens (to test mid-stream errors).
+fail after two tokens (to test mid-stream errors); one starting with `SAY:` makes it answer
+exactly the rest of the message, three characters per token (to test tool-call parsing). When
+asked for logprobs it gives each token a made-up one.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from engines.base import (
     Failed,
     Finished,
     GenerationRequest,
+    TokenLogprob,
 )
 from engines.config import ModelConfig
 from engines.errors import EngineError, WorkerCrashedError
 from engines.sequence import Sequence, completion_budget
 
 FAIL_MARKER = "FAIL_AFTER_2"
+SAY = "SAY:"
 FAKE_CONTEXT_LENGTH = 64
 
 
@@ -60,8 +64,12 @@ class FakeEngine(Engine):
             budget = completion_budget(request, len(words), FAKE_CONTEXT_LENGTH, None)
         except EngineError as error:
             return Failed.of(request.request_id, error)
-        user = [m.content for m in request.messages if m.role == "user"]
-        answer = [f" {w}" if i else w for i, w in enumerate(reversed(user[-1].split()))]
+        user = [m.content for m in request.messages if m.role == "user"] or [request.prompt or ""]
+        if user[-1].startswith(SAY):
+            said = user[-1][len(SAY) :]
+            answer = [said[i : i + 3] for i in range(0, len(said), 3)]
+        else:
+            answer = [f" {w}" if i else w for i, w in enumerate(reversed(user[-1].split()))]
         sequence = Sequence(request, list(range(len(words))), budget)
         self._active[request.request_id] = _Active(sequence, answer, FAIL_MARKER in user[-1])
         return Accepted(request.request_id, len(words))
@@ -76,7 +84,14 @@ class FakeEngine(Engine):
             done = active.position >= len(active.answer)
             piece = "" if done else active.answer[active.position]
             active.position += 1
-            produced = active.sequence.accept(active.position, piece, is_end=done)
+            logprob = None
+            if active.sequence.request.logprobs is not None and not done:
+                top = tuple(
+                    (f"t{k}".encode(), -0.5 * (k + 1))
+                    for k in range(active.sequence.request.logprobs)
+                )
+                logprob = TokenLogprob(piece.encode(), -0.25, top)
+            produced = active.sequence.accept(active.position, piece, is_end=done, logprob=logprob)
             events.extend(produced)
             if isinstance(produced[-1], Finished):
                 del self._active[request_id]

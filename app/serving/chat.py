@@ -1,68 +1,77 @@
-"""Chat completions: OpenAI request -> generation request -> OpenAI response or SSE stream."""
+"""Chat completions: OpenAI request -> generation requests -> OpenAI response or SSE stream."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
 
 from fastapi import Request, Response
 from sse_starlette import EventSourceResponse
 
-from app.errors import OpenAIError, from_engine_error
-from app.metrics import RequestTracker, ServerMetrics
+from app.errors import OpenAIError
+from app.metrics import ServerMetrics
 from app.protocol import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChoice,
     ChatCompletionRequest,
     ChatMessage,
+    ChoiceLogprobs,
+    ChunkDelta,
     PromptTokensDetails,
+    TokenLogprobOut,
+    ToolCallDelta,
     Usage,
 )
 from app.serving.disconnect import ClientDisconnected, until_disconnected
-from app.serving.sse import DONE, ChunkRenderer
+from app.serving.generation import (
+    CLIENT_CLOSED_REQUEST,
+    SSE_PING_SECONDS,
+    ChoiceEvent,
+    check_max_tokens,
+    choices_of,
+    generate_choices,
+    logit_bias_from,
+    observed,
+    sampling_from,
+    sse_stream,
+    unsupported,
+    until_all_accepted,
+)
+from app.serving.logprobs import chat_logprob
+from app.serving.sse import ChunkRenderer
+from app.serving.tool_calls import (
+    ToolCallStream,
+    ToolPlan,
+    parse_tool_calls,
+    plan_tools,
+    tool_call_deltas,
+)
 from app.settings import ServerSettings
-from engines.base import Event, Finished, GenerationRequest, Message, TokenEvent
-from engines.errors import EngineError
+from engines.base import Event, Finished, GenerationRequest, JsonConstraint, Message, TokenEvent
 from engines.pool import EnginePool
-from engines.sampling import SamplingParams
 
 log = logging.getLogger("slmserve.chat")
 
-# nginx's convention for "client closed the request"; nobody reads it, access logs show it.
-CLIENT_CLOSED_REQUEST = 499
-SSE_PING_SECONDS = 15
 
-
-def _unsupported(param: str, message: str) -> OpenAIError:
-    return OpenAIError(400, message, param=param, code="unsupported_parameter")
+# -- request -> generation -----------------------------------------------------------------
 
 
 def _reject_unsupported_fields(body: ChatCompletionRequest) -> None:
-    """Fields OpenAI defines that slmserve cannot honour yet: a clear 400, never an ignore."""
-    if body.n not in (None, 1):
-        raise _unsupported("n", "n > 1 is not supported yet; send one request per choice.")
-    if body.logprobs or body.top_logprobs:
-        raise _unsupported("logprobs", "logprobs are not supported yet.")
-    if body.logit_bias:
-        raise _unsupported("logit_bias", "logit_bias is not supported yet.")
-    if body.response_format and body.response_format.get("type", "text") != "text":
-        raise _unsupported(
-            "response_format", "response_format other than 'text' is not supported yet."
-        )
-    if body.tools or body.functions:
-        raise _unsupported("tools", "tools and function calling are not supported yet.")
-    if body.tool_choice not in (None, "none") or body.function_call not in (None, "none"):
-        raise _unsupported("tool_choice", "tool_choice needs tools, which are not supported yet.")
+    """Fields OpenAI defines that slmserve cannot honour: a clear 400, never an ignore."""
+    if body.functions or body.function_call not in (None, "none"):
+        raise unsupported("functions", "functions/function_call are deprecated; use tools.")
     if body.modalities and set(body.modalities) != {"text"}:
-        raise _unsupported("modalities", "only the 'text' modality is supported.")
+        raise unsupported("modalities", "only the 'text' modality is supported.")
     if body.audio:
-        raise _unsupported("audio", "audio output is not supported.")
+        raise unsupported("audio", "audio output is not supported.")
     if body.prediction:
-        raise _unsupported("prediction", "predicted outputs are not supported.")
+        raise unsupported("prediction", "predicted outputs are not supported.")
     if body.stream_options is not None and not body.stream:
         raise OpenAIError(
             400,
@@ -70,6 +79,26 @@ def _reject_unsupported_fields(body: ChatCompletionRequest) -> None:
             param="stream_options",
             code="invalid_value",
         )
+    if body.top_logprobs is not None and not body.logprobs:
+        raise OpenAIError(
+            400,
+            "'top_logprobs' needs 'logprobs' set to true.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+
+
+def _enforce_limits(body: ChatCompletionRequest, settings: ServerSettings) -> None:
+    if len(body.messages) > settings.max_messages:
+        raise OpenAIError(
+            400,
+            f"This server accepts at most {settings.max_messages} messages per request; "
+            f"this one has {len(body.messages)}.",
+            param="messages",
+            code="too_many_messages",
+        )
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    check_max_tokens(body.max_completion_tokens or body.max_tokens, param, settings)
 
 
 def _message_text(message: ChatMessage, index: int) -> str:
@@ -85,7 +114,7 @@ def _message_text(message: ChatMessage, index: int) -> str:
     texts = []
     for part_index, part in enumerate(content):
         if part.type != "text" or part.text is None:
-            raise _unsupported(
+            raise unsupported(
                 f"messages[{index}].content[{part_index}]",
                 f"content parts of type {part.type!r} are not supported: slmserve serves "
                 "text-only models.",
@@ -97,68 +126,156 @@ def _message_text(message: ChatMessage, index: int) -> str:
 def _engine_messages(body: ChatCompletionRequest) -> tuple[Message, ...]:
     messages = []
     for index, message in enumerate(body.messages):
-        if message.role in ("tool", "function") or message.tool_calls:
-            raise _unsupported(f"messages[{index}].role", "tool messages are not supported yet.")
+        if message.role == "function":
+            raise unsupported(
+                f"messages[{index}].role", "'function' messages are deprecated; use 'tool'."
+            )
+        if message.role == "tool" and not message.tool_call_id:
+            raise OpenAIError(
+                400,
+                f"messages[{index}] is a tool result without 'tool_call_id'.",
+                param=f"messages[{index}].tool_call_id",
+                code="invalid_value",
+            )
+        calls = tuple(call.model_dump() for call in message.tool_calls or ())
         # "developer" is OpenAI's newer name for "system"; model templates know "system".
         role = "system" if message.role == "developer" else message.role
         messages.append(
-            Message(role=role, content=_message_text(message, index), name=message.name)
+            Message(
+                role=role,
+                content=_message_text(message, index),
+                name=message.name,
+                tool_calls=calls,
+                tool_call_id=message.tool_call_id,
+            )
         )
     return tuple(messages)
 
 
-def _enforce_limits(body: ChatCompletionRequest, settings: ServerSettings) -> None:
-    if len(body.messages) > settings.max_messages:
+def _constraint(body: ChatCompletionRequest, tools: ToolPlan) -> JsonConstraint | None:
+    format_ = body.response_format
+    if format_ is None or format_.type == "text":
+        return tools.constraint
+    if tools.mode == "forced":
         raise OpenAIError(
             400,
-            f"This server accepts at most {settings.max_messages} messages per request; "
-            f"this one has {len(body.messages)}.",
-            param="messages",
-            code="too_many_messages",
-        )
-    cap = settings.max_tokens_cap
-    requested = body.max_completion_tokens or body.max_tokens
-    if cap is not None and requested is not None and requested > cap:
-        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        raise OpenAIError(
-            400,
-            f"'{param}' is limited to {cap} on this server; the request asked for {requested}.",
-            param=param,
+            "response_format cannot be combined with a required or named tool_choice.",
+            param="response_format",
             code="invalid_value",
         )
+    if format_.type == "json_object":
+        return JsonConstraint()
+    if format_.json_schema is None or format_.json_schema.json_schema is None:
+        raise OpenAIError(
+            400,
+            "response_format of type json_schema needs json_schema.schema.",
+            param="response_format",
+            code="invalid_value",
+        )
+    return JsonConstraint(json.dumps(format_.json_schema.json_schema))
 
 
-def to_generation_request(
+def plan_chat(
     request_id: str, body: ChatCompletionRequest, settings: ServerSettings
-) -> GenerationRequest:
+) -> tuple[list[GenerationRequest], ToolPlan]:
     _reject_unsupported_fields(body)
     _enforce_limits(body, settings)
-    return GenerationRequest(
+    tools = plan_tools(body)
+    base = GenerationRequest(
         request_id=request_id,
         messages=_engine_messages(body),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         max_tokens_ceiling=settings.max_tokens_cap,
         stop=body.stop_sequences(),
-        sampling=SamplingParams(
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            min_p=body.min_p,
-            repetition_penalty=body.repetition_penalty,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
-            seed=body.seed,
-        ),
+        sampling=sampling_from(body),
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        logit_bias=logit_bias_from(body),
+        constraint=_constraint(body, tools),
+        tools=tools.tools,
     )
+    return choices_of(base, body.n or 1), tools
 
 
-def _usage(finished: Finished) -> Usage:
+def _usage(finished: list[Finished]) -> Usage:
+    """OpenAI counts the prompt once however many choices there are."""
+    prompt = finished[0].prompt_tokens
+    completion = sum(f.completion_tokens for f in finished)
     return Usage(
-        prompt_tokens=finished.prompt_tokens,
-        completion_tokens=finished.completion_tokens,
-        total_tokens=finished.prompt_tokens + finished.completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=finished.cached_prompt_tokens),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=finished[0].cached_prompt_tokens),
     )
+
+
+# -- streaming state -----------------------------------------------------------------------
+
+
+@dataclass
+class _ChoiceStream:
+    """One choice of a stream: whether its text is content or a tool call, and what is held."""
+
+    index: int
+    mode: Literal["content", "forced", "undecided", "held"]
+    tool_names: frozenset[str]
+    calls: ToolCallStream = field(default_factory=ToolCallStream)
+    held: str = ""
+    sent: list[str] = field(default_factory=list)  # for the log
+    logprobs: list[TokenLogprobOut] = field(default_factory=list)
+
+    def take_logprobs(self) -> ChoiceLogprobs | None:
+        if not self.logprobs:
+            return None
+        taken, self.logprobs = self.logprobs, []
+        return ChoiceLogprobs(content=taken)
+
+    def text(self, text: str, chunks: ChunkRenderer) -> list[bytes]:
+        if self.mode == "forced":
+            deltas = self.calls.feed(text)
+            return [self._calls(deltas, chunks)] if deltas else []
+        if self.mode in ("undecided", "held"):
+            self.held += text
+            if self.mode == "held":
+                return []
+            start = self.held.lstrip()[:1]
+            if not start:
+                return []
+            # With tool_choice "auto" an answer that starts like a call is held to the end.
+            self.mode = "held" if start in "{<" else "content"
+            if self.mode == "held":
+                return []
+            text, self.held = self.held, ""
+        if not text and not self.logprobs:
+            return []
+        self.sent.append(text)
+        logprobs = self.take_logprobs()
+        if logprobs is None:
+            return [chunks.content(text, self.index)]
+        return [chunks.delta(self.index, ChunkDelta(content=text), logprobs=logprobs)]
+
+    def _calls(self, deltas: list[ToolCallDelta], chunks: ChunkRenderer) -> bytes:
+        delta = ChunkDelta(tool_calls=deltas)
+        return chunks.delta(self.index, delta, logprobs=self.take_logprobs())
+
+    def finish(self, finished: Finished, chunks: ChunkRenderer) -> list[bytes]:
+        rendered = self.text(finished.text, chunks)
+        reason: str = finished.finish_reason
+        if self.mode == "forced" and self.calls.started and reason == "stop":
+            reason = "tool_calls"
+        elif self.mode in ("held", "undecided") and self.held:
+            held, self.held = self.held, ""
+            calls = parse_tool_calls(held, self.tool_names) if reason == "stop" else []
+            if calls:
+                rendered.append(self._calls(tool_call_deltas(calls), chunks))
+                reason = "tool_calls"
+            else:
+                self.sent.append(held)
+                rendered.append(chunks.content(held, self.index))
+        rendered.append(chunks.finish(self.index, reason, self.take_logprobs()))
+        return rendered
+
+
+# -- serving -------------------------------------------------------------------------------
 
 
 class ChatServing:
@@ -172,11 +289,11 @@ class ChatServing:
     def _log_finished(
         self, request_id: str, body: ChatCompletionRequest, finished: Finished, text: str
     ) -> None:
-        """One line per request: sizes and timings always; content only if log_prompts."""
+        """One line per choice: sizes and timings always; content only if log_prompts."""
         log.info(
             "%s model=%s user=%s prompt_tokens=%d cached=%d completion_tokens=%d finish=%s "
             "ttft=%.3fs generation=%.3fs",
-            request_id,
+            finished.request_id,
             body.model,
             body.user or "-",
             finished.prompt_tokens,
@@ -194,22 +311,24 @@ class ChatServing:
         if unknown := body.unknown_fields():
             log.info("ignoring unknown request fields: %s", ", ".join(unknown))
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        choices = body.n or 1
         # On request.state so the error handlers count a failure through it, exactly once.
-        tracker = raw_request.state.tracker = self._metrics.track(body.model)
-        generation = to_generation_request(request_id, body, self._settings)
-        events = _observed(self._pool.generate(body.model, generation), tracker)
+        tracker = raw_request.state.tracker = self._metrics.track(body.model, choices, choices)
+        generations, tools = plan_chat(request_id, body, self._settings)
+        events = observed(generate_choices(self._pool, body.model, generations), tracker)
         try:
             if body.stream:
-                # Wait for the prompt to be accepted before answering 200: a request that
+                # Wait for every prompt to be accepted before answering 200: a request that
                 # cannot run (unknown model, too long, full queue) gets a real HTTP error.
-                first = await until_disconnected(raw_request, anext(events))
+                first = await until_disconnected(raw_request, until_all_accepted(events, choices))
+                chunks = self._stream(body, request_id, tools, first, events)
                 return EventSourceResponse(
-                    self._stream(body, request_id, first, events, tracker),
+                    sse_stream(request_id, chunks, events, tracker),
                     sep="\n",
                     ping=SSE_PING_SECONDS,
                 )
             completion = await until_disconnected(
-                raw_request, self._complete(body, request_id, events)
+                raw_request, self._complete(body, request_id, tools, events)
             )
         except ClientDisconnected:
             log.info("client left before %s finished; generation cancelled", request_id)
@@ -221,91 +340,87 @@ class ChatServing:
         return Response(completion.model_dump_json(), media_type="application/json")
 
     async def _complete(
-        self, body: ChatCompletionRequest, request_id: str, events: AsyncGenerator[Event, None]
+        self,
+        body: ChatCompletionRequest,
+        request_id: str,
+        tools: ToolPlan,
+        events: AsyncGenerator[ChoiceEvent, None],
     ) -> ChatCompletion:
-        parts: list[str] = []
-        finished: Finished | None = None
-        async for event in events:
+        choices = body.n or 1
+        texts: list[list[str]] = [[] for _ in range(choices)]
+        logprobs: list[list[TokenLogprobOut]] = [[] for _ in range(choices)]
+        finished: dict[int, Finished] = {}
+        async for index, event in events:
             if isinstance(event, TokenEvent):
-                parts.append(event.text)
+                texts[index].append(event.text)
+                if event.logprob is not None:
+                    logprobs[index].append(chat_logprob(event.logprob))
             elif isinstance(event, Finished):
-                parts.append(event.text)
-                finished = event
-        assert finished is not None, "the pool ends every request with Finished or an error"
-        self._log_finished(request_id, body, finished, "".join(parts))
-        return ChatCompletion(
-            id=request_id,
-            model=body.model,
-            choices=[
+                texts[index].append(event.text)
+                finished[index] = event
+        assert len(finished) == choices, "the pool ends every request with Finished or an error"
+        results = []
+        for index in range(choices):
+            text, done = "".join(texts[index]), finished[index]
+            self._log_finished(request_id, body, done, text)
+            calls = []
+            if tools.mode != "none" and done.finish_reason == "stop":
+                calls = parse_tool_calls(text, tools.names)
+            message = (
+                AssistantMessage(content=None, tool_calls=calls)
+                if calls
+                else AssistantMessage(content=text)
+            )
+            results.append(
                 ChatCompletionChoice(
-                    index=0,
-                    message=AssistantMessage(content="".join(parts)),
-                    finish_reason=finished.finish_reason,
+                    index=index,
+                    message=message,
+                    logprobs=ChoiceLogprobs(content=logprobs[index]) if body.logprobs else None,
+                    finish_reason="tool_calls" if calls else done.finish_reason,
                 )
-            ],
-            usage=_usage(finished),
-        )
+            )
+        usage = _usage([finished[index] for index in range(choices)])
+        return ChatCompletion(id=request_id, model=body.model, choices=results, usage=usage)
 
     async def _stream(
         self,
         body: ChatCompletionRequest,
         request_id: str,
-        first: Event,
-        events: AsyncGenerator[Event, None],
-        tracker: RequestTracker,
+        tools: ToolPlan,
+        first: list[ChoiceEvent],
+        events: AsyncGenerator[ChoiceEvent, None],
     ) -> AsyncIterator[bytes]:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = ChunkRenderer(request_id, int(time.time()), body.model, include_usage)
+        mode: Literal["content", "forced", "undecided"] = {
+            "none": "content",
+            "auto": "undecided",
+            "forced": "forced",
+        }[tools.mode]  # type: ignore[assignment]
+        streams = [_ChoiceStream(index, mode, tools.names) for index in range(body.n or 1)]
+        finished: dict[int, Finished] = {}
 
-        sent: list[str] = []  # kept only when the content is to be logged
-
-        def render(event: Event) -> Iterator[bytes]:
+        def render(index: int, event: Event) -> list[bytes]:
+            stream = streams[index]
             if isinstance(event, TokenEvent):
-                if event.text:
-                    if self._settings.log_prompts:
-                        sent.append(event.text)
-                    yield chunks.content(event.text)
-            elif isinstance(event, Finished):
-                if event.text:
-                    sent.append(event.text)
-                    yield chunks.content(event.text)
-                self._log_finished(request_id, body, event, "".join(sent))
-                yield chunks.finish(event.finish_reason)
-                if include_usage:
-                    yield chunks.usage(_usage(event))
+                if event.logprob is not None:
+                    stream.logprobs.append(chat_logprob(event.logprob))
+                return stream.text(event.text, chunks)
+            if isinstance(event, Finished):
+                finished[index] = event
+                rendered = stream.finish(event, chunks)
+                self._log_finished(request_id, body, event, "".join(stream.sent))
+                if include_usage and len(finished) == len(streams):
+                    rendered.append(chunks.usage(_usage([finished[i] for i in sorted(finished)])))
+                return rendered
+            return []
 
-        try:
-            yield chunks.role()
-            for payload in render(first):
+        for stream in streams:
+            content = None if stream.mode == "forced" else ""
+            yield chunks.role(stream.index, content=content)
+        for index, event in first:
+            for payload in render(index, event):
                 yield payload
-            async for event in events:
-                for payload in render(event):
-                    yield payload
-        except EngineError as error:
-            log.warning("stream %s failed: %s", request_id, error.message)
-            failure = from_engine_error(error)
-            tracker.failed(failure.detail.code)
-            yield chunks.error(failure.body())
-        except Exception:
-            log.exception("stream %s failed unexpectedly", request_id)
-            internal = OpenAIError(
-                500, "The server had an internal error.", type="server_error", code="internal_error"
-            )
-            tracker.failed(internal.detail.code)
-            yield chunks.error(internal.body())
-        finally:
-            # Also runs when the client disconnects and the stream is cancelled; the pool's
-            # cleanup is synchronous, so the slot is free before the next token.
-            tracker.aborted()  # no-op unless the stream ended early
-            await events.aclose()
-        yield DONE
-
-
-async def _observed(
-    events: AsyncGenerator[Event, None], tracker: RequestTracker
-) -> AsyncGenerator[Event, None]:
-    """The events, each shown to the request's metrics tracker as it passes."""
-    async with aclosing(events):
-        async for event in events:
-            tracker.observe(event)
-            yield event
+        async for index, event in events:
+            for payload in render(index, event):
+                yield payload

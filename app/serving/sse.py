@@ -1,15 +1,16 @@
 """Server-sent event payloads for a chat completion stream, cheap per token.
 
-Every content delta of a stream differs only in its text, so the chunk is serialised once from
-the protocol model with a placeholder, and each token then costs one JSON string escape and two
-concatenations. The other chunks (role, finish, usage, error) go through the models as usual.
+Most chunks of a stream are plain content deltas that differ only in their text, so that chunk
+is serialised once per choice from the protocol model with a placeholder, and each token then
+costs one JSON string escape and two concatenations. Everything else (roles, tool calls,
+logprobs, finish, usage, errors) goes through the models as usual.
 """
 
 from __future__ import annotations
 
 import json
 
-from app.protocol import ChatCompletionChunk, ChunkChoice, ChunkDelta, Usage
+from app.protocol import ChatCompletionChunk, ChoiceLogprobs, ChunkChoice, ChunkDelta, Usage
 
 _PLACEHOLDER = "\u0000slmserve-content\u0000"
 
@@ -22,6 +23,10 @@ def event(payload: str) -> bytes:
 DONE = event("[DONE]")
 
 
+def error_event(body: dict[str, object]) -> bytes:
+    return event(json.dumps(body))
+
+
 class ChunkRenderer:
     """Renders the events of one streamed chat completion."""
 
@@ -31,28 +36,42 @@ class ChunkRenderer:
         self._model = model
         # With include_usage, OpenAI sends "usage": null on every chunk but the last.
         self._exclude = None if include_usage else {"usage"}
-        template = event(self._chunk(ChunkDelta(content=_PLACEHOLDER)))
-        marker = json.dumps(_PLACEHOLDER).encode()
-        self._content_prefix, _, self._content_suffix = template.partition(marker)
-        assert self._content_suffix, "the placeholder must appear in the template"
+        self._templates: dict[int, tuple[bytes, bytes]] = {}
 
-    def _chunk(self, delta: ChunkDelta, finish_reason: str | None = None) -> str:
-        return ChatCompletionChunk(
+    def delta(
+        self,
+        index: int,
+        delta: ChunkDelta,
+        *,
+        logprobs: ChoiceLogprobs | None = None,
+        finish_reason: str | None = None,
+    ) -> bytes:
+        chunk = ChatCompletionChunk(
             id=self._request_id,
             created=self._created,
             model=self._model,
-            choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)],
-        ).model_dump_json(exclude=self._exclude)
+            choices=[
+                ChunkChoice(
+                    index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason
+                )
+            ],
+        )
+        return event(chunk.model_dump_json(exclude=self._exclude))
 
-    def role(self) -> bytes:
-        return event(self._chunk(ChunkDelta(role="assistant", content="")))
-
-    def content(self, text: str) -> bytes:
+    def content(self, text: str, index: int = 0) -> bytes:
+        template = self._templates.get(index)
+        if template is None:
+            rendered = self.delta(index, ChunkDelta(content=_PLACEHOLDER))
+            prefix, _, suffix = rendered.partition(json.dumps(_PLACEHOLDER).encode())
+            template = self._templates[index] = (prefix, suffix)
         escaped = json.dumps(text, ensure_ascii=False).encode()
-        return self._content_prefix + escaped + self._content_suffix
+        return template[0] + escaped + template[1]
 
-    def finish(self, reason: str) -> bytes:
-        return event(self._chunk(ChunkDelta(), finish_reason=reason))
+    def role(self, index: int, *, content: str | None = "") -> bytes:
+        return self.delta(index, ChunkDelta(role="assistant", content=content))
+
+    def finish(self, index: int, reason: str, logprobs: ChoiceLogprobs | None = None) -> bytes:
+        return self.delta(index, ChunkDelta(), logprobs=logprobs, finish_reason=reason)
 
     def usage(self, usage: Usage) -> bytes:
         chunk = ChatCompletionChunk(
@@ -63,7 +82,3 @@ class ChunkRenderer:
             usage=usage,
         )
         return event(chunk.model_dump_json())
-
-    @staticmethod
-    def error(body: dict[str, object]) -> bytes:
-        return event(json.dumps(body))

@@ -24,7 +24,7 @@ async def scrape(server: FakeServer) -> str:
 async def test_each_error_is_counted_once_under_its_code(server: FakeServer) -> None:
     await server.client.post(URL, json={**chat(), "model": "gpt-4"})
     await server.client.post(URL, json=chat(temperature=9))
-    await server.client.post(URL, json=chat(n=3))
+    await server.client.post(URL, json=chat(audio={"voice": "alloy"}))
     await server.client.post(URL, json=chat(" ".join(["w"] * 100)))
     await server.client.post(URL, json=chat(f"x {FAIL_MARKER}", stream=True))
     text = await scrape(server)

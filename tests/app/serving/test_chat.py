@@ -40,7 +40,7 @@ async def test_non_stream_completion(server: FakeServer) -> None:
     [choice] = body["choices"]
     assert choice == {
         "index": 0,
-        "message": {"role": "assistant", "content": "three two one"},
+        "message": {"role": "assistant", "content": "three two one", "refusal": None},
         "logprobs": None,
         "finish_reason": "stop",
     }
@@ -201,12 +201,14 @@ async def test_malformed_json_is_400(server: FakeServer) -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"audio": {"voice": "alloy"}}, "audio"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"logit_bias": {"not-a-token": 1}}, "logit_bias"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )

@@ -1,0 +1,188 @@
+"""Tool calls: what the model is asked for, and how its output becomes `tool_calls`.
+
+The output format is one JSON object, `{"name": ..., "arguments": {...}}` (what the fallback
+instruction asks for, and what `tool_choice` "required" or a named function enforces with a JSON
+schema), or Hermes-style `<tool_call>{...}</tool_call>` blocks (what chat templates with their
+own tool support teach). With `tool_choice` "auto" the model may also just answer in text.
+
+Streaming: a forced call is streamed as it is generated (id and name first, then argument
+fragments, as OpenAI streams them). With "auto", a stream that starts like a call (`{` or `<`)
+is held until the end and then sent as a call, or as text if it was not one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from app.errors import OpenAIError
+from app.protocol import (
+    ChatCompletionRequest,
+    FunctionCall,
+    FunctionDelta,
+    ToolCall,
+    ToolCallDelta,
+)
+from engines.base import JsonConstraint
+
+ToolMode = Literal["none", "auto", "forced"]
+_CALL_HEADER = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+_HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_HELD_TAIL = re.compile(r"\}?\s*$")
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _call_schema(name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"const": name},
+            "arguments": parameters or {"type": "object"},
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a chat request asks of tools."""
+
+    mode: ToolMode
+    tools: tuple[dict[str, Any], ...] = ()
+    names: frozenset[str] = frozenset()
+    constraint: JsonConstraint | None = None
+
+
+def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
+    tools = body.tools or []
+    choice = body.tool_choice
+    if not tools:
+        if choice not in (None, "none"):
+            raise OpenAIError(
+                400, "tool_choice needs tools.", param="tool_choice", code="invalid_value"
+            )
+        return ToolPlan("none")
+    if choice == "none":
+        return ToolPlan("none")
+    definitions = tuple(tool.model_dump(exclude_none=True) for tool in tools)
+    names = frozenset(tool.function.name for tool in tools)
+    schemas = {tool.function.name: _call_schema(tool.function.name, tool.function.parameters)
+               for tool in tools}  # fmt: skip
+    if choice in (None, "auto"):
+        return ToolPlan("auto", definitions, names)
+    if choice == "required":
+        schema = (
+            next(iter(schemas.values())) if len(schemas) == 1 else {"anyOf": list(schemas.values())}
+        )
+    else:
+        assert not isinstance(choice, str)
+        if choice.function.name not in names:
+            raise OpenAIError(
+                400,
+                f"tool_choice names {choice.function.name!r}, which is not among the tools.",
+                param="tool_choice",
+                code="invalid_value",
+            )
+        schema = schemas[choice.function.name]
+    return ToolPlan("forced", definitions, names, JsonConstraint(json.dumps(schema)))
+
+
+def _call_from(data: Any, names: frozenset[str]) -> ToolCall | None:
+    if not isinstance(data, dict) or data.get("name") not in names:
+        return None
+    arguments = data.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    return ToolCall(
+        id=new_call_id(), function=FunctionCall(name=data["name"], arguments=json.dumps(arguments))
+    )
+
+
+def parse_tool_calls(text: str, names: frozenset[str]) -> list[ToolCall]:
+    """The calls in a finished output (none: it was an ordinary answer)."""
+    try:
+        call = _call_from(json.loads(text), names)
+    except ValueError:
+        call = None
+    if call is not None:
+        return [call]
+    calls = []
+    for block in _HERMES_CALL.findall(text):
+        try:
+            found = _call_from(json.loads(block), names)
+        except ValueError:
+            return []
+        if found is None:
+            return []
+        calls.append(found)
+    return calls
+
+
+@dataclass
+class ToolCallStream:
+    """Turns the text of one forced call, as it arrives, into OpenAI tool-call deltas."""
+
+    buffer: str = ""
+    header_sent: bool = False
+    held: str = ""  # a possible closing brace of the outer object, and trailing space
+    call_id: str = field(default_factory=new_call_id)
+
+    def feed(self, text: str) -> list[ToolCallDelta]:
+        deltas: list[ToolCallDelta] = []
+        if not self.header_sent:
+            self.buffer += text
+            match = _CALL_HEADER.match(self.buffer)
+            if match is None:
+                return deltas
+            name = json.loads(f'"{match.group(1)}"')
+            deltas.append(
+                ToolCallDelta(
+                    index=0,
+                    id=self.call_id,
+                    type="function",
+                    function=FunctionDelta(name=name, arguments=""),
+                )
+            )
+            self.header_sent = True
+            text = self.buffer[match.end() :]
+        pending = self.held + text
+        tail = _HELD_TAIL.search(pending)
+        cut = tail.start() if tail else len(pending)
+        self.held = pending[cut:]
+        if pending[:cut]:
+            deltas.append(ToolCallDelta(index=0, function=FunctionDelta(arguments=pending[:cut])))
+        return deltas
+
+    @property
+    def started(self) -> bool:
+        return self.header_sent
+
+
+def tool_call_deltas(calls: list[ToolCall]) -> list[ToolCallDelta]:
+    """Finished calls as stream deltas (a header, then all the arguments in one fragment)."""
+    deltas = []
+    for index, call in enumerate(calls):
+        deltas.append(
+            ToolCallDelta(
+                index=index,
+                id=call.id,
+                type="function",
+                function=FunctionDelta(name=call.function.name, arguments=""),
+            )
+        )
+        deltas.append(
+            ToolCallDelta(index=index, function=FunctionDelta(arguments=call.function.arguments))
+        )
+    return deltas
