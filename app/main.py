@@ -16,9 +16,10 @@ from app.auth import ApiKeyMiddleware, ApiKeys
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware
 from app.metrics import ServerMetrics
-from app.routes import admin, chat, completions, health, metrics_route, models
+from app.routes import admin, chat, completions, embeddings, health, metrics_route, models
 from app.serving.chat import ChatServing
 from app.serving.completions import CompletionServing
+from app.serving.embeddings import EmbeddingServing
 from app.settings import ServerSettings
 from engines.config import ModelsFile
 from engines.pool import EnginePool, WorkerFactory
@@ -51,6 +52,7 @@ def build_app(
         app.state.pool = pool
         app.state.chat_serving = ChatServing(pool, metrics, settings)
         app.state.completion_serving = CompletionServing(pool, metrics, settings)
+        app.state.embedding_serving = EmbeddingServing(pool)
         app.state.started_at = int(time.time())
         await pool.start()
         announce = asyncio.create_task(_announce_ready(pool))
@@ -80,6 +82,7 @@ def build_app(
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(admin.router)

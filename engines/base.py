@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engines.errors import EngineError
+from engines.errors import EngineError, InvalidRequestError
 from engines.sampling import SamplingParams
 
 FinishReason = Literal["stop", "length"]
@@ -127,7 +127,16 @@ class Failed:
         return EngineError.from_wire(self.kind, self.message, self.param)
 
 
-Event = Accepted | TokenEvent | Finished | Failed
+@dataclass(slots=True)
+class Embedded:
+    """Embeddings of an embedding request's inputs, in order, L2-normalised."""
+
+    request_id: str
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+Event = Accepted | TokenEvent | Finished | Failed | Embedded
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +175,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the model's memory."""
+
+    def embed(self, request_id: str, texts: Sequence[str]) -> Embedded:
+        """Mean-pooled embeddings of `texts`; engines that cannot, refuse."""
+        raise InvalidRequestError(
+            f"{self.info.engine} models cannot produce embeddings", param="model"
+        )
 
     def generate(self, request: GenerationRequest) -> Iterator[Event]:
         """Run one request to the end in the calling thread (warmup, benchmarks, tests)."""

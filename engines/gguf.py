@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Sequence as Texts  # engines.sequence has a Sequence
 from dataclasses import dataclass, field
 
 import llama_cpp
@@ -31,6 +32,7 @@ import numpy as np
 
 from engines.base import (
     Accepted,
+    Embedded,
     Engine,
     EngineInfo,
     Event,
@@ -40,7 +42,12 @@ from engines.base import (
     TokenLogprob,
 )
 from engines.config import ModelConfig
-from engines.errors import EngineError, InvalidRequestError, ModelLoadError
+from engines.errors import (
+    ContextLengthExceededError,
+    EngineError,
+    InvalidRequestError,
+    ModelLoadError,
+)
 from engines.json_grammar import json_object_grammar, json_schema_grammar
 from engines.logprobs import log_softmax_at
 from engines.sampling import OPENAI_DEFAULTS, SamplingParams
@@ -170,6 +177,7 @@ class GGUFEngine(Engine):
         self._template = self._load_template(config)
         self._defaults = config.defaults.sampling_params().over(OPENAI_DEFAULTS)
         self._slots = [_Slot(seq_id=i) for i in range(parallel)]
+        self._embedding_context: llama_cpp.llama_context_p | None = None
         self._admissions = 0
         self._waiting: deque[_Waiting] = deque()
         self.info = EngineInfo(
@@ -380,10 +388,62 @@ class GGUFEngine(Engine):
                 self._release(slot)
         return events
 
+    def embed(self, request_id: str, texts: Texts[str]) -> Embedded:
+        """Mean-pooled, L2-normalised embeddings, from a second context made on first use."""
+        if self._embedding_context is None:
+            params = llama_cpp.llama_context_default_params()
+            params.n_ctx = params.n_batch = params.n_ubatch = self._context_length
+            params.n_seq_max = 1
+            params.embeddings = True
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            threads = self._config.n_threads or os.cpu_count() or 1
+            params.n_threads = params.n_threads_batch = threads
+            self._embedding_context = llama_cpp.llama_init_from_model(self._model, params)
+            if not self._embedding_context:
+                raise EngineError("llama.cpp could not create an embedding context")
+        context = self._embedding_context
+        memory = llama_cpp.llama_get_memory(context)
+        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        width = llama_cpp.llama_model_n_embd(self._model)
+        batch = llama_cpp.llama_batch_init(self._context_length, 0, 1)
+        vectors, total = [], 0
+        try:
+            for index, text in enumerate(texts):
+                tokens = self.tokenize(text, add_special=add_bos, parse_special=False)
+                if not tokens:
+                    raise InvalidRequestError(f"input {index} is empty", param="input")
+                if len(tokens) > self._context_length:
+                    raise ContextLengthExceededError(
+                        f"input {index} has {len(tokens)} tokens; this model embeds at most "
+                        f"{self._context_length}",
+                        param="input",
+                    )
+                total += len(tokens)
+                llama_cpp.llama_memory_clear(memory, True)
+                batch.n_tokens = len(tokens)
+                for position, token in enumerate(tokens):
+                    batch.token[position] = token
+                    batch.pos[position] = position
+                    batch.n_seq_id[position] = 1
+                    batch.seq_id[position][0] = 0
+                    batch.logits[position] = True
+                status = llama_cpp.llama_decode(context, batch)
+                if status != 0:
+                    raise EngineError(f"llama_decode failed with status {status} while embedding")
+                pooled = llama_cpp.llama_get_embeddings_seq(context, 0)
+                vector = np.ctypeslib.as_array(pooled, shape=(width,)).astype(np.float64)
+                norm = float(np.linalg.norm(vector)) or 1.0
+                vectors.append((vector / norm).tolist())
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        return Embedded(request_id, vectors, total)
+
     def close(self) -> None:
         for slot in self._slots:
             self._release(slot, keep_cache=False)
         self._waiting.clear()
+        if self._embedding_context is not None:
+            llama_cpp.llama_free(self._embedding_context)
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._context)
         llama_cpp.llama_model_free(self._model)

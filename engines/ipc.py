@@ -29,6 +29,12 @@ class Cancel:
 
 
 @dataclass(slots=True)
+class Embed:
+    request_id: str
+    texts: tuple[str, ...]
+
+
+@dataclass(slots=True)
 class Shutdown:
     pass
 
@@ -50,7 +56,7 @@ class Events:
     events: list[Event]
 
 
-ToWorker = Submit | Cancel | Shutdown
+ToWorker = Submit | Cancel | Embed | Shutdown
 FromWorker = Loaded | LoadFailed | Events
 
 

@@ -15,12 +15,12 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
-from contextlib import aclosing, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Any, Protocol
 
 from engines.admission import LoadedModel, Verdict, plan_admission
-from engines.base import EngineInfo, Event, Failed, GenerationRequest
+from engines.base import Embedded, EngineInfo, Event, Failed, GenerationRequest
 from engines.config import ModelConfig, PoolConfig
 from engines.errors import (
     EngineError,
@@ -52,6 +52,8 @@ class Worker(Protocol):
     async def start(self) -> EngineInfo: ...
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]: ...
+
+    async def embed(self, request_id: str, texts: tuple[str, ...]) -> Event: ...
 
     async def stop(self, timeout_s: float = 10.0) -> None: ...
 
@@ -159,6 +161,27 @@ class EnginePool:
 
     async def generate(self, name: str, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         """The events of one request; a `Failed` event is raised as its EngineError."""
+        async with self._slot(name) as entry:
+            worker = await self._ready_worker(entry)
+            async with aclosing(worker.generate(request)) as events:
+                async for event in events:
+                    if isinstance(event, Failed):
+                        raise event.to_error()
+                    yield event
+
+    async def embed(self, name: str, request_id: str, texts: tuple[str, ...]) -> Embedded:
+        """Embeddings of `texts` by model `name`, holding one of its slots meanwhile."""
+        async with self._slot(name) as entry:
+            worker = await self._ready_worker(entry)
+            result = await worker.embed(request_id, texts)
+        if isinstance(result, Failed):
+            raise result.to_error()
+        assert isinstance(result, Embedded), "a worker answers Embed with Embedded or Failed"
+        return result
+
+    @asynccontextmanager
+    async def _slot(self, name: str) -> AsyncIterator[ModelEntry]:
+        """Hold one of the model's slots: refused when draining or when the queue is full."""
         entry = self._entry(name)
         if self._closing or self._draining:
             raise ServerShuttingDownError("the server is shutting down; retry on another replica")
@@ -176,13 +199,9 @@ class EnginePool:
         entry.running += 1
         started = time.monotonic()
         try:
-            worker = await self._ready_worker(entry)
-            async with aclosing(worker.generate(request)) as events:
-                async for event in events:
-                    if isinstance(event, Failed):
-                        raise event.to_error()
-                    yield event
+            yield entry
         finally:
+            # Synchronous on purpose: it runs while a cancelled request unwinds.
             entry.running -= 1
             entry.slots.release()
             entry.record_request(time.monotonic() - started)

@@ -16,11 +16,12 @@ import sys
 import time
 from dataclasses import replace
 
-from engines.base import Engine, Event
+from engines.base import Engine, Event, Failed
 from engines.config import ModelConfig
 from engines.errors import EngineError, ModelLoadError
 from engines.ipc import (
     Cancel,
+    Embed,
     Events,
     FrameDecoder,
     FromWorker,
@@ -60,6 +61,8 @@ class WorkerLoop:
                         outgoing.append(self._engine.submit(message.request))
                     elif isinstance(message, Cancel):
                         self._engine.cancel(message.request_id)
+                    elif isinstance(message, Embed):
+                        outgoing.append(self._embed(message))
                     elif isinstance(message, Shutdown):
                         return
             if self._engine.has_work():
@@ -67,6 +70,12 @@ class WorkerLoop:
             if outgoing:
                 self._send(Events(outgoing))
                 outgoing = []
+
+    def _embed(self, message: Embed) -> Event:
+        try:
+            return self._engine.embed(message.request_id, message.texts)
+        except EngineError as error:
+            return Failed.of(message.request_id, error)
 
     def _send(self, message: FromWorker) -> None:
         self._connection.sendall(encode(message))

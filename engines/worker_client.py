@@ -24,6 +24,7 @@ from engines.errors import (
 )
 from engines.ipc import (
     Cancel,
+    Embed,
     Events,
     LoadFailed,
     Shutdown,
@@ -133,6 +134,18 @@ class WorkerProcess:
             self._streams.pop(request.request_id, None)
             if not ended and self._alive:
                 self._send(Cancel(request.request_id))
+
+    async def embed(self, request_id: str, texts: tuple[str, ...]) -> Event:
+        """The worker's answer to an embedding request: Embedded or Failed."""
+        if not self._alive:
+            raise WorkerCrashedError(f"the worker for {self.config.name!r} is not running")
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._streams[request_id] = queue
+        try:
+            self._send(Embed(request_id, texts))
+            return await queue.get()
+        finally:
+            self._streams.pop(request_id, None)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the worker to exit, and kill it if it does not within `timeout_s`."""

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from collections.abc import Sequence as Texts
 from dataclasses import dataclass, field
 
 from engines.base import (
     Accepted,
+    Embedded,
     Engine,
     EngineInfo,
     Event,
@@ -103,6 +105,15 @@ class FakeEngine(Engine):
     def cancel(self, request_id: str) -> None:
         self._active.pop(request_id, None)
 
+    def embed(self, request_id: str, texts: Texts[str]) -> Embedded:
+        """Made-up unit vectors of 4 dimensions; the same text gives the same vector."""
+        vectors = []
+        for text in texts:
+            raw = [float((len(text) * (i + 1)) % 7 + 1) for i in range(4)]
+            norm = sum(v * v for v in raw) ** 0.5
+            vectors.append([v / norm for v in raw])
+        return Embedded(request_id, vectors, sum(len(t.split()) for t in texts))
+
     def close(self) -> None:
         self._active.clear()
 
@@ -172,6 +183,13 @@ class InProcessWorker:
         for request_id, queue in self._queues.items():
             queue.put_nowait(Failed.of(request_id, WorkerCrashedError("the fake worker died")))
         self._exited.set()
+
+    async def embed(self, request_id: str, texts: tuple[str, ...]) -> Event:
+        assert self.engine is not None
+        try:
+            return self.engine.embed(request_id, texts)
+        except EngineError as error:
+            return Failed.of(request_id, error)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         if self._driver is not None:
