@@ -12,6 +12,7 @@ logits hook, so presence/frequency penalties and min_p are refused in this mode.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,12 +25,21 @@ from engines.logprobs import log_softmax_at
 from engines.sampling import SamplingParams
 from engines.sequence import Sequence
 
-ANY_OBJECT_SCHEMA = '{"type": "object"}'
-
 
 def guidance_schema(constraint: JsonConstraint) -> str:
-    """The JSON schema og's guidance enforces (json_object: any object)."""
-    return constraint.schema or ANY_OBJECT_SCHEMA
+    """The JSON schema og's guidance enforces (json_object: any object), without free
+    whitespace: llguidance otherwise lets a small model emit newlines until max_tokens (seen
+    here), where llama.cpp's JSON grammars bound it."""
+    if constraint.schema is None:
+        schema: object = {"type": "object"}
+    else:
+        try:
+            schema = json.loads(constraint.schema)
+        except ValueError:
+            return constraint.schema  # og refuses it with its own message at submit
+    if isinstance(schema, dict):
+        schema.setdefault("x-guidance", {"whitespace_flexible": False})
+    return json.dumps(schema)
 
 
 class Scheduler(Protocol):
