@@ -45,6 +45,7 @@ def build_app(
             pool_config=models_file.pool,
             worker_factory=worker_factory,
             log_level=settings.log_level.upper(),
+            log_format=settings.log_format,
             on_model_loaded=metrics.model_loaded,
         )
         metrics.watch_pool(pool.statuses)
@@ -101,6 +102,8 @@ async def _announce_ready(pool: EnginePool) -> None:
         )
     if pool.is_ready():
         log.info("ready: every preloaded model is loaded and warm")
+    else:
+        log.warning("not ready: a preloaded model failed to load (see above; /ready lists it)")
 
 
 def begin_drain(app: FastAPI) -> None:

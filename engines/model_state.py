@@ -101,12 +101,14 @@ class ModelEntry:
         return self.worker is not None
 
     def serves_traffic(self) -> bool:
-        """Fine for readiness: ready; unloaded on purpose (its next request loads it); or
-        failed to load, which no waiting will fix and must not take the other models out of
-        service (it shows as failed in /ready's body and /v1/models)."""
-        state = self.state
-        return state in (ModelState.READY, ModelState.FAILED) or (
-            state is ModelState.UNLOADED and self.unloaded_on_purpose
+        """Fine for readiness: ready, or unloaded on purpose (its next request loads it).
+
+        A model that failed to load is not: a replica that cannot serve its configured models
+        must not take traffic, and a rolling update with a broken model then stalls instead of
+        replacing working replicas. The failure shows in /ready's body and /v1/models; fix the
+        cause and POST /admin/models/{name}/load."""
+        return self.state is ModelState.READY or (
+            self.state is ModelState.UNLOADED and self.unloaded_on_purpose
         )
 
     def queue_is_full(self) -> bool:

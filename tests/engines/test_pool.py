@@ -68,16 +68,16 @@ async def test_routes_to_the_worker_and_reports_state(pool: EnginePool) -> None:
     assert (finished.finish_reason, finished.completion_tokens) == ("length", 8)
 
 
-async def test_failed_model_is_reported_and_others_keep_serving(pool: EnginePool) -> None:
+async def test_failed_model_is_reported_others_serve_and_readiness_waits(pool: EnginePool) -> None:
     broken = pool.status("broken")
     assert broken.state is ModelState.FAILED
     assert broken.reason is not None
     assert "not found" in broken.reason
     with pytest.raises(ModelUnavailableError, match="not found"):
         await collect(pool.generate("broken", ask("b")))
-    # A model that failed to load never becomes warm: it must not hold readiness back.
-    assert pool.is_ready()
+    # The other model serves, but the replica is not ready: it cannot serve all it should.
     await collect(pool.generate("smol", ask("c")))
+    assert not pool.is_ready()
 
 
 async def test_unknown_model(pool: EnginePool) -> None:
