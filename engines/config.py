@@ -144,7 +144,9 @@ class ModelConfig(BaseModel):
     n_threads: int | None = Field(
         default=None,
         ge=1,
-        description="CPU threads for this model; unset: all cores.",
+        description="CPU threads for this model; unset: the CPUs the server may use (its CPU "
+        "affinity, capped by a container CPU limit). With several models busy at once, give "
+        "each a share: llama.cpp slows down sharply when threads outnumber cores.",
     )
     chat_template: str | None = Field(
         default=None,

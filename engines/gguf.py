@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Sequence as Texts  # engines.sequence has a Sequence
@@ -42,6 +41,7 @@ from engines.base import (
     TokenLogprob,
 )
 from engines.config import ModelConfig
+from engines.cpus import available_cpus
 from engines.errors import (
     ContextLengthExceededError,
     EngineError,
@@ -155,7 +155,7 @@ class GGUFEngine(Engine):
         trained = llama_cpp.llama_model_n_ctx_train(self._model)
         self._context_length = config.context_length or min(trained, DEFAULT_CONTEXT_CAP)
         parallel = config.parallel
-        threads = config.n_threads or os.cpu_count() or 1
+        threads = config.n_threads or available_cpus()
         context_params = llama_cpp.llama_context_default_params()
         context_params.n_ctx = self._context_length * parallel
         context_params.n_seq_max = parallel
@@ -396,7 +396,7 @@ class GGUFEngine(Engine):
             params.n_seq_max = 1
             params.embeddings = True
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-            threads = self._config.n_threads or os.cpu_count() or 1
+            threads = self._config.n_threads or available_cpus()
             params.n_threads = params.n_threads_batch = threads
             self._embedding_context = llama_cpp.llama_init_from_model(self._model, params)
             if not self._embedding_context:

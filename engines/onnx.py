@@ -20,6 +20,7 @@ from typing import Any
 
 from engines.base import Accepted, Engine, EngineInfo, Event, Failed, GenerationRequest
 from engines.config import ModelConfig
+from engines.cpus import cpu_quota
 from engines.errors import EngineError, InvalidRequestError, ModelLoadError
 from engines.onnx_scheduling import (
     InterleavedGenerators,
@@ -114,8 +115,10 @@ class OnnxEngine(Engine):
             og_config.append_provider(provider)
             for key, value in config.provider_options.items():
                 og_config.set_provider_option(provider, key, str(value))
-        if config.n_threads:
-            session = {"session_options": {"intra_op_num_threads": config.n_threads}}
+        # Unset: ONNX Runtime's default (physical cores), unless a container CPU limit is lower.
+        threads = config.n_threads or cpu_quota()
+        if threads:
+            session = {"session_options": {"intra_op_num_threads": threads}}
             og_config.overlay(json.dumps({"model": {"decoder": session}}))
         try:
             return og.Model(og_config)
