@@ -29,6 +29,7 @@ from engines.errors import (
     QueueFullError,
     ServerShuttingDownError,
 )
+from engines.log_format import LogFormat
 from engines.memory import model_files_bytes, resident_bytes
 from engines.model_state import ModelEntry, ModelState, ModelStatus
 from engines.worker_client import WorkerProcess
@@ -75,6 +76,7 @@ class EnginePool:
         pool_config: PoolConfig | None = None,
         worker_factory: WorkerFactory | None = None,
         log_level: str = "INFO",
+        log_format: LogFormat = "text",
         on_model_loaded: Callable[[ModelStatus], None] | None = None,
     ) -> None:
         self._entries = {model.name: ModelEntry(model) for model in models}
@@ -82,7 +84,10 @@ class EnginePool:
         self._config = pool_config or PoolConfig()
         self._worker_factory: WorkerFactory = worker_factory or (
             lambda config: WorkerProcess(
-                config, log_level=log_level, load_timeout_s=self._config.load_timeout_s
+                config,
+                log_level=log_level,
+                log_format=log_format,
+                load_timeout_s=self._config.load_timeout_s,
             )
         )
         self._load_lock = asyncio.Lock()

@@ -32,6 +32,9 @@ from engines.ipc import (
     encode,
 )
 from engines.loader import load_engine
+from engines.log_format import formatter
+
+WORKER_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s model=%(model)s %(message)s"
 
 log = logging.getLogger("slmserve.worker")
 
@@ -81,22 +84,34 @@ class WorkerLoop:
         self._connection.sendall(encode(message))
 
 
+class _ModelTag(logging.Filter):
+    """Every record names its model (a `model` field in JSON lines)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self._model = model
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.model = self._model
+        return True
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="slmserve engine worker (started by the pool)")
     parser.add_argument("--fd", type=int, required=True, help="socket file descriptor")
     parser.add_argument("--config", required=True, help="the model's config as JSON")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     config = ModelConfig.model_validate_json(args.config)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s %(name)s model={config.name} %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(args.log_format, WORKER_TEXT_FORMAT))
+    handler.addFilter(_ModelTag(config.name))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     connection = socket.socket(fileno=args.fd)
     started = time.perf_counter()
     try:

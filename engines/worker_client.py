@@ -33,6 +33,7 @@ from engines.ipc import (
     encode,
     read_message,
 )
+from engines.log_format import LogFormat
 
 log = logging.getLogger("slmserve.pool.worker")
 
@@ -45,10 +46,12 @@ class WorkerProcess:
         config: ModelConfig,
         *,
         log_level: str = "INFO",
+        log_format: LogFormat = "text",
         load_timeout_s: float = 600.0,
     ) -> None:
         self.config = config
         self._log_level = log_level
+        self._log_format = log_format
         self._load_timeout_s = load_timeout_s
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -79,6 +82,8 @@ class WorkerProcess:
                 self.config.model_dump_json(),
                 "--log-level",
                 self._log_level,
+                "--log-format",
+                self._log_format,
                 pass_fds=(child_end.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 # Its own session: a terminal's Ctrl+C reaches the server, which then drains
