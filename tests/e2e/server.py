@@ -73,6 +73,20 @@ def wait_until_ready(server: LiveServer, timeout_s: float) -> None:
     raise TimeoutError(f"the server was not ready after {timeout_s}s:\n{server.log()}")
 
 
+def wait_until_settled(server: LiveServer, timeout_s: float) -> httpx.Response:
+    """Wait until no preloaded model is still loading; returns /ready's answer (200 or 503)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{server.base_url}/ready", timeout=2)
+            if "loading" not in response.json()["models"].values():
+                return response
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"models were still loading after {timeout_s}s:\n{server.log()}")
+
+
 @contextmanager
 def run_server(
     models_file: Path,

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from tests.e2e.conftest import openai_client
-from tests.e2e.server import run_server, write_models
+from tests.e2e.server import run_server, wait_until_settled, write_models
 
 
 def test_unavailable_providers_fail_their_model_only(
@@ -24,15 +23,17 @@ def test_unavailable_providers_fail_their_model_only(
         {"name": "onnx-dml", "provider": "dml", **onnx},
     ]
     models_file = write_models(tmp_path / "models.yaml", models)
-    with run_server(models_file, tmp_path / "server.log") as server:
+    with run_server(models_file, tmp_path / "server.log", wait_ready=False) as server:
+        ready = wait_until_settled(server, timeout_s=120)
+        # Failed models keep the replica out of a load balancer's rotation.
+        assert ready.status_code == 503
+        assert ready.json()["models"]["onnx-cuda"] == "failed"
         cards = server.models()
         assert (cards["onnx-auto"]["state"], cards["onnx-auto"]["provider"]) == ("ready", "cpu")
         assert cards["onnx-cuda"]["state"] == "failed"
         assert "Cuda interface not available" in cards["onnx-cuda"]["state_reason"]
         assert cards["onnx-dml"]["state"] == "failed"
         assert "not been built with DML support" in cards["onnx-dml"]["state_reason"]
-        ready = httpx.get(f"{server.base_url}/ready").json()
-        assert ready["models"]["onnx-cuda"] == "failed"
         client = openai_client(server)
         with pytest.raises(openai.InternalServerError) as caught:
             client.chat.completions.create(
