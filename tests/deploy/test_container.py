@@ -23,7 +23,7 @@ import yaml
 
 from tests.conftest import DEFAULT_MODEL_NAME, REPO
 from tests.deploy.conftest import require_tool
-from tests.e2e.server import free_port, write_models
+from tests.e2e.server import free_port, wait_for_ready, write_models
 
 IMAGE = os.environ.get("IMAGE", "localhost/slmserve:cpu")
 MACHINE_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -79,18 +79,6 @@ class Container:
         return result.stdout + result.stderr
 
 
-def wait_until_ready(container: Container, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{container.base_url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the container was not ready after {timeout_s}s:\n{container.logs()}")
-
-
 @pytest.fixture
 def container(default_model_path: Path, tmp_path: Path) -> Iterator[Container]:
     if podman("image", "exists", IMAGE).returncode != 0:
@@ -121,7 +109,7 @@ def container(default_model_path: Path, tmp_path: Path) -> Iterator[Container]:
     assert started.returncode == 0, started.stderr
     running = Container(name, f"http://127.0.0.1:{port}")
     try:
-        wait_until_ready(running, timeout_s=120)
+        wait_for_ready(running.base_url, 120, running.logs)
         yield running
     finally:
         podman("rm", "--force", "--time", "0", name)

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,18 +59,30 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
-def wait_until_ready(server: LiveServer, timeout_s: float) -> None:
+def wait_for_ready(
+    base_url: str,
+    timeout_s: float,
+    log: Callable[[], str],
+    exited: Callable[[], bool] = lambda: False,
+) -> None:
+    """Poll /ready until 200; a timeout or an early exit raises with the server's log."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"the server exited early:\n{server.log()}")
+        if exited():
+            raise RuntimeError(f"the server exited early:\n{log()}")
         try:
-            if httpx.get(f"{server.base_url}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"the server was not ready after {timeout_s}s:\n{server.log()}")
+    raise TimeoutError(f"the server was not ready after {timeout_s}s:\n{log()}")
+
+
+def wait_until_ready(server: LiveServer, timeout_s: float) -> None:
+    wait_for_ready(
+        server.base_url, timeout_s, server.log, lambda: server.process.poll() is not None
+    )
 
 
 def wait_until_settled(server: LiveServer, timeout_s: float) -> httpx.Response:
