@@ -3,7 +3,8 @@
 #  1. a Debian bookworm base image made with debootstrap (python3, venv, CA certificates),
 #     built once and kept in podman's storage;
 #  2. llama-cpp-python's wheel taken from this machine's pip cache (pip compiled it once), so
-#     the image build does not compile it again;
+#     the image build does not compile it again (llama.cpp tunes that build to this machine's
+#     CPU: an image to publish is built with plain `docker build`, which compiles it);
 #  3. `podman build` of docker/Dockerfile on that base, the machine's CA bundle as a secret.
 # Environment: IMAGE (default localhost/slmserve:cpu), BASE_IMAGE, PYTHON (a venv's python with
 # llama-cpp-python installed), DEBIAN_MIRROR.
