@@ -12,13 +12,16 @@ way: `submit` queues a request, each `step` advances every active request by at 
 from __future__ import annotations
 
 import abc
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engines.errors import EngineError, InvalidRequestError
+from engines.errors import EngineError, InternalEngineError, InvalidRequestError
 from engines.sampling import SamplingParams
+
+log = logging.getLogger("slmserve.engines")
 
 FinishReason = Literal["stop", "length"]
 
@@ -139,6 +142,21 @@ class Embedded:
 Event = Accepted | TokenEvent | Finished | Failed | Embedded
 
 
+def unexpected_failure(request_id: str, during: str, error: BaseException) -> Failed:
+    """An exception nobody expected while serving one request: logged with its traceback and
+    the request id, and answered as a 500 for that request alone."""
+    if isinstance(error, EngineError):
+        return Failed.of(request_id, error)
+    log.error("request %s failed while %s", request_id, during, exc_info=error)
+    return Failed.of(
+        request_id,
+        InternalEngineError(
+            f"the model failed while {during} this request ({type(error).__name__}); the "
+            f"server log has the details under request id {request_id}"
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class EngineInfo:
     """Facts about a loaded engine that the pool and /v1/models report."""
@@ -176,11 +194,21 @@ class Engine(abc.ABC):
     def close(self) -> None:
         """Release the model's memory."""
 
-    def embed(self, request_id: str, texts: Sequence[str]) -> Embedded:
-        """Mean-pooled embeddings of `texts`; engines that cannot, refuse."""
+    def embed_text(self, text: str, index: int) -> tuple[list[float], int]:
+        """The mean-pooled, L2-normalised embedding of input `index` and its token count;
+        engines that cannot, refuse."""
         raise InvalidRequestError(
             f"{self.info.engine} models cannot produce embeddings", param="model"
         )
+
+    def embed(self, request_id: str, texts: Sequence[str]) -> Embedded:
+        """Embeddings of all `texts` at once (the worker interleaves them with decoding)."""
+        vectors, total = [], 0
+        for index, text in enumerate(texts):
+            vector, tokens = self.embed_text(text, index)
+            vectors.append(vector)
+            total += tokens
+        return Embedded(request_id, vectors, total)
 
     def generate(self, request: GenerationRequest) -> Iterator[Event]:
         """Run one request to the end in the calling thread (warmup, benchmarks, tests)."""

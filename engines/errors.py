@@ -45,6 +45,12 @@ class InvalidRequestError(EngineError):
     kind = "invalid_request"
 
 
+class ChatTemplateMissingError(InvalidRequestError):
+    """A chat request to a model without a chat template (base and embedding models)."""
+
+    kind = "chat_template_missing"
+
+
 class ContextLengthExceededError(EngineError):
     """Prompt plus requested completion does not fit the model's context window."""
 
@@ -69,6 +75,12 @@ class WorkerCrashedError(EngineError):
     kind = "worker_crashed"
 
 
+class InternalEngineError(EngineError):
+    """Handling one request raised something unexpected; the worker logged it and went on."""
+
+    kind = "internal_error"
+
+
 class QueueFullError(EngineError):
     """Every slot and queue place of the model is taken; the client should retry later."""
 
@@ -87,10 +99,12 @@ _ERROR_CLASSES_BY_KIND: dict[str, type[EngineError]] = {
         EngineError,
         ModelNotFoundError,
         InvalidRequestError,
+        ChatTemplateMissingError,
         ContextLengthExceededError,
         ModelUnavailableError,
         ModelLoadError,
         WorkerCrashedError,
+        InternalEngineError,
         QueueFullError,
         ServerShuttingDownError,
     )

@@ -20,25 +20,27 @@ A llama.cpp context is not thread-safe: only the worker's single loop thread tou
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence as Texts  # engines.sequence has a Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import llama_cpp
 import numpy as np
 
 from engines.base import (
     Accepted,
-    Embedded,
     Engine,
     EngineInfo,
     Event,
     Failed,
     Finished,
     GenerationRequest,
+    TokenEvent,
     TokenLogprob,
+    unexpected_failure,
 )
 from engines.config import ModelConfig
 from engines.cpus import available_cpus
@@ -49,9 +51,11 @@ from engines.errors import (
     ModelLoadError,
 )
 from engines.json_grammar import json_object_grammar, json_schema_grammar
+from engines.json_schema import constraint_schema
 from engines.logprobs import log_softmax_at
+from engines.prompting import PromptBuilder
 from engines.sampling import OPENAI_DEFAULTS, SamplingParams
-from engines.sequence import Sequence, completion_budget
+from engines.sequence import Sequence
 from engines.templates import ChatTemplate
 
 log = logging.getLogger("slmserve.engines.gguf")
@@ -124,11 +128,48 @@ class _Waiting:
     grammar: str | None = None
 
 
-def fill_in_the_middle(
-    prefix: list[int], suffix: list[int], *, begin: int, before_suffix: int, middle: int
-) -> list[int]:
-    """Prefix-suffix-middle prompt: the model continues after the `middle` marker."""
-    return [begin, *prefix, before_suffix, *suffix, middle]
+class LlamaTokenizer:
+    """llama.cpp's tokenizer calls, in the shape prompt building wants (engines/prompting.py)."""
+
+    def __init__(self, vocab: llama_cpp.llama_vocab_p) -> None:
+        self._vocab = vocab
+        self.vocab_size: int = llama_cpp.llama_vocab_n_tokens(vocab)
+        self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
+        markers = (
+            llama_cpp.llama_vocab_fim_pre(vocab),
+            llama_cpp.llama_vocab_fim_suf(vocab),
+            llama_cpp.llama_vocab_fim_mid(vocab),
+        )
+        self.fim_markers = markers if min(markers) >= 0 else None
+        self._piece_buffer = ctypes.create_string_buffer(256)
+
+    def encode(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        while True:
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), tokens, capacity, add_bos, special
+            )
+            if count >= 0:
+                return list(tokens[:count])
+            capacity = -count
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        length = llama_cpp.llama_token_to_piece(
+            self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, special
+        )
+        if length < 0:
+            self._piece_buffer = ctypes.create_string_buffer(-length)
+            length = llama_cpp.llama_token_to_piece(
+                self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, special
+            )
+        return self._piece_buffer.raw[:length]
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.piece(token, special=True).decode("utf-8", "replace")
 
 
 class GGUFEngine(Engine):
@@ -149,8 +190,8 @@ class GGUFEngine(Engine):
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {config.path} (not a valid GGUF?)")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self._piece_buffer = ctypes.create_string_buffer(256)
+        self._tokenizer = LlamaTokenizer(self._vocab)
+        self._n_vocab = self._tokenizer.vocab_size
 
         trained = llama_cpp.llama_model_n_ctx_train(self._model)
         self._context_length = config.context_length or min(trained, DEFAULT_CONTEXT_CAP)
@@ -174,10 +215,18 @@ class GGUFEngine(Engine):
         self._memory = llama_cpp.llama_get_memory(self._context)
         self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
 
-        self._template = self._load_template(config)
+        template = self._load_template(config)
+        self._prompts = PromptBuilder(
+            config.name,
+            template,
+            self._tokenizer,
+            context_length=self._context_length,
+            default_max_tokens=config.defaults.max_tokens,
+        )
         self._defaults = config.defaults.sampling_params().over(OPENAI_DEFAULTS)
         self._slots = [_Slot(seq_id=i) for i in range(parallel)]
         self._embedding_context: llama_cpp.llama_context_p | None = None
+        self._embedding_batch: Any = None  # a llama_batch, made with the embedding context
         self._admissions = 0
         self._waiting: deque[_Waiting] = deque()
         self.info = EngineInfo(
@@ -185,7 +234,7 @@ class GGUFEngine(Engine):
             provider=provider,
             context_length=self._context_length,
             parallel=parallel,
-            has_chat_template=self._template is not None,
+            has_chat_template=template is not None,
             load_seconds=time.perf_counter() - started,
         )
 
@@ -217,98 +266,17 @@ class GGUFEngine(Engine):
             llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
         return buffer.value.decode("utf-8", "replace")
 
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self._piece(token, special=True).decode("utf-8", "replace")
-
     def _load_template(self, config: ModelConfig) -> ChatTemplate | None:
         source = config.chat_template_source() or self._metadata("tokenizer.chat_template")
         if not source:
             return None
         return ChatTemplate(
             source,
-            bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
-            eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+            bos_token=self._tokenizer.token_text(llama_cpp.llama_vocab_bos(self._vocab)),
+            eos_token=self._tokenizer.token_text(llama_cpp.llama_vocab_eos(self._vocab)),
         )
-
-    # -- tokens --------------------------------------------------------------------------
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        while True:
-            tokens = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(
-                self._vocab, data, len(data), tokens, capacity, add_special, parse_special
-            )
-            if count >= 0:
-                return list(tokens[:count])
-            capacity = -count
-
-    def _piece(self, token: int, *, special: bool = False) -> bytes:
-        length = llama_cpp.llama_token_to_piece(
-            self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, special
-        )
-        if length < 0:
-            self._piece_buffer = ctypes.create_string_buffer(-length)
-            length = llama_cpp.llama_token_to_piece(
-                self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, special
-            )
-        return self._piece_buffer.raw[:length]
-
-    def _fill_in_the_middle_ids(self, prefix: str, suffix: str) -> list[int]:
-        """Prefix-suffix-middle order with the model's FIM tokens; the model writes the middle."""
-        vocab = self._vocab
-        markers = (
-            llama_cpp.llama_vocab_fim_pre(vocab),
-            llama_cpp.llama_vocab_fim_suf(vocab),
-            llama_cpp.llama_vocab_fim_mid(vocab),
-        )
-        if min(markers) < 0:
-            raise InvalidRequestError(
-                f"model {self._config.name!r} has no fill-in-the-middle tokens, so it cannot "
-                "complete text before a suffix",
-                param="suffix",
-            )
-        begin, before_suffix, middle = markers
-        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
-        return fill_in_the_middle(
-            self.tokenize(prefix, add_special=add_bos, parse_special=False),
-            self.tokenize(suffix, add_special=False, parse_special=False),
-            begin=begin,
-            before_suffix=before_suffix,
-            middle=middle,
-        )
-
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        if request.suffix is not None:
-            return self._fill_in_the_middle_ids(request.prompt or "", request.suffix)
-        if request.prompt is not None:
-            text = request.prompt
-        elif self._template is None:
-            raise InvalidRequestError(
-                f"model {self._config.name!r} has no chat template; set chat_template in "
-                "models.yaml or send a raw prompt to /v1/completions",
-                param="messages",
-            )
-        else:
-            text = self._template.render(request.messages, tools=request.tools)
-        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
-        if add_bos and self._template and text.startswith(self._template.bos_token or "\0"):
-            add_bos = False  # the template already wrote BOS; do not add a second one
-        return self.tokenize(text, add_special=add_bos)
 
     # -- requests ------------------------------------------------------------------------
-
-    def _check_logit_bias(self, request: GenerationRequest) -> None:
-        for token, _ in request.logit_bias:
-            if not 0 <= token < self._n_vocab:
-                raise InvalidRequestError(
-                    f"logit_bias names token {token}; this model's tokens are 0 to "
-                    f"{self._n_vocab - 1}",
-                    param="logit_bias",
-                )
 
     def _grammar(self, request: GenerationRequest) -> str | None:
         """The request's JSON constraint as GBNF, checked to compile in llama.cpp."""
@@ -318,7 +286,7 @@ class GGUFEngine(Engine):
         if constraint.schema is None:
             grammar = json_object_grammar()
         else:
-            grammar = json_schema_grammar(constraint.schema)
+            grammar = json_schema_grammar(json.dumps(constraint_schema(constraint)))
         sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
         if not sampler:
             raise InvalidRequestError(
@@ -329,23 +297,13 @@ class GGUFEngine(Engine):
 
     def submit(self, request: GenerationRequest) -> Event:
         try:
-            prompt_ids = self._prompt_ids(request)
-            if not prompt_ids:
-                raise InvalidRequestError("the prompt is empty", param="messages")
-            budget = completion_budget(
-                request,
-                len(prompt_ids),
-                self._context_length,
-                self._config.defaults.max_tokens,
-            )
-            self._check_logit_bias(request)
+            sequence = self._prompts.sequence(request)
             grammar = self._grammar(request)
         except EngineError as error:
             return Failed.of(request.request_id, error)
         sampling = request.sampling.over(self._defaults)
-        sequence = Sequence(request, prompt_ids, budget)
         self._waiting.append(_Waiting(sequence, sampling, grammar))
-        return Accepted(request.request_id, len(prompt_ids))
+        return Accepted(request.request_id, len(sequence.prompt_ids))
 
     def has_work(self) -> bool:
         return bool(self._waiting) or any(not slot.is_free for slot in self._slots)
@@ -361,35 +319,50 @@ class GGUFEngine(Engine):
                 return
 
     def step(self) -> list[Event]:
-        self._admit_waiting()
+        events = self._admit_waiting()
         scheduled = self._fill_batch()
         if not scheduled:
-            return []
+            return events
         status = llama_cpp.llama_decode(self._context, self._batch)
         if status != 0:
-            return self._fail_batch(scheduled, status)
-        events: list[Event] = []
+            return events + self._fail_batch(scheduled, status)
         for slot in scheduled:
             sequence = slot.sequence
             if slot.logits_index < 0 or sequence is None or slot.sampler is None:
                 continue
-            token = llama_cpp.llama_sampler_sample(slot.sampler, self._context, slot.logits_index)
-            is_end = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
-            logprob = None
-            if sequence.request.logprobs is not None and not is_end:
-                logprob = self._logprob(slot.logits_index, token, sequence.request.logprobs)
-            piece = b"" if is_end else self._piece(token)
-            produced = sequence.accept(token, piece, is_end=is_end, logprob=logprob)
-            slot.last_token = token
-            if not isinstance(produced[-1], Finished) and slot.n_past >= self._context_length:
-                produced.append(sequence.finish("length"))
+            produced: list[Event]
+            try:
+                produced = list(self._advance(slot, sequence))
+            except Exception as error:  # one request's failure is that request's alone
+                produced = [unexpected_failure(sequence.request_id, "generating", error)]
             events.extend(produced)
-            if isinstance(produced[-1], Finished):
-                self._release(slot)
+            if isinstance(produced[-1], Finished | Failed):
+                self._release(slot, keep_cache=isinstance(produced[-1], Finished))
         return events
 
-    def embed(self, request_id: str, texts: Texts[str]) -> Embedded:
-        """Mean-pooled, L2-normalised embeddings, from a second context made on first use."""
+    def _advance(self, slot: _Slot, sequence: Sequence) -> list[TokenEvent | Finished]:
+        """Sample the slot's next token from the last batch and account it."""
+        token = self._sample(slot)
+        is_end = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        logprob = None
+        if sequence.request.logprobs is not None and not is_end:
+            logprob = self._logprob(slot.logits_index, token, sequence.request.logprobs)
+        piece = b"" if is_end else self._detokenize(token)
+        produced = sequence.accept(token, piece, is_end=is_end, logprob=logprob)
+        slot.last_token = token
+        if not isinstance(produced[-1], Finished) and slot.n_past >= self._context_length:
+            produced.append(sequence.finish("length"))
+        return produced
+
+    def _sample(self, slot: _Slot) -> int:
+        token: int = llama_cpp.llama_sampler_sample(slot.sampler, self._context, slot.logits_index)
+        return token
+
+    def _detokenize(self, token: int) -> bytes:
+        return self._tokenizer.piece(token)
+
+    def _embedding(self) -> llama_cpp.llama_context_p:
+        """A second context for embeddings, made on first use (generation never pays for it)."""
         if self._embedding_context is None:
             params = llama_cpp.llama_context_default_params()
             params.n_ctx = params.n_batch = params.n_ubatch = self._context_length
@@ -401,48 +374,45 @@ class GGUFEngine(Engine):
             self._embedding_context = llama_cpp.llama_init_from_model(self._model, params)
             if not self._embedding_context:
                 raise EngineError("llama.cpp could not create an embedding context")
-        context = self._embedding_context
-        memory = llama_cpp.llama_get_memory(context)
-        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+            self._embedding_batch = llama_cpp.llama_batch_init(self._context_length, 0, 1)
+        return self._embedding_context
+
+    def embed_text(self, text: str, index: int) -> tuple[list[float], int]:
+        """Mean-pooled, L2-normalised embedding of one input, and its token count."""
+        context = self._embedding()
+        batch = self._embedding_batch
+        tokens = self._tokenizer.encode(text, add_bos=self._tokenizer.adds_bos, special=False)
+        if not tokens:
+            raise InvalidRequestError(f"input {index} is empty", param="input")
+        if len(tokens) > self._context_length:
+            raise ContextLengthExceededError(
+                f"input {index} has {len(tokens)} tokens; this model embeds at most "
+                f"{self._context_length}",
+                param="input",
+            )
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(context), True)
+        batch.n_tokens = len(tokens)
+        for position, token in enumerate(tokens):
+            batch.token[position] = token
+            batch.pos[position] = position
+            batch.n_seq_id[position] = 1
+            batch.seq_id[position][0] = 0
+            batch.logits[position] = True
+        status = llama_cpp.llama_decode(context, batch)
+        if status != 0:
+            raise EngineError(f"llama_decode failed with status {status} while embedding")
         width = llama_cpp.llama_model_n_embd(self._model)
-        batch = llama_cpp.llama_batch_init(self._context_length, 0, 1)
-        vectors, total = [], 0
-        try:
-            for index, text in enumerate(texts):
-                tokens = self.tokenize(text, add_special=add_bos, parse_special=False)
-                if not tokens:
-                    raise InvalidRequestError(f"input {index} is empty", param="input")
-                if len(tokens) > self._context_length:
-                    raise ContextLengthExceededError(
-                        f"input {index} has {len(tokens)} tokens; this model embeds at most "
-                        f"{self._context_length}",
-                        param="input",
-                    )
-                total += len(tokens)
-                llama_cpp.llama_memory_clear(memory, True)
-                batch.n_tokens = len(tokens)
-                for position, token in enumerate(tokens):
-                    batch.token[position] = token
-                    batch.pos[position] = position
-                    batch.n_seq_id[position] = 1
-                    batch.seq_id[position][0] = 0
-                    batch.logits[position] = True
-                status = llama_cpp.llama_decode(context, batch)
-                if status != 0:
-                    raise EngineError(f"llama_decode failed with status {status} while embedding")
-                pooled = llama_cpp.llama_get_embeddings_seq(context, 0)
-                vector = np.ctypeslib.as_array(pooled, shape=(width,)).astype(np.float64)
-                norm = float(np.linalg.norm(vector)) or 1.0
-                vectors.append((vector / norm).tolist())
-        finally:
-            llama_cpp.llama_batch_free(batch)
-        return Embedded(request_id, vectors, total)
+        pooled = llama_cpp.llama_get_embeddings_seq(context, 0)
+        vector = np.ctypeslib.as_array(pooled, shape=(width,)).astype(np.float64)
+        norm = float(np.linalg.norm(vector)) or 1.0
+        return (vector / norm).tolist(), len(tokens)
 
     def close(self) -> None:
         for slot in self._slots:
             self._release(slot, keep_cache=False)
         self._waiting.clear()
         if self._embedding_context is not None:
+            llama_cpp.llama_batch_free(self._embedding_batch)
             llama_cpp.llama_free(self._embedding_context)
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._context)
@@ -450,21 +420,30 @@ class GGUFEngine(Engine):
 
     # -- scheduling ----------------------------------------------------------------------
 
-    def _admit_waiting(self) -> None:
+    def _admit_waiting(self) -> list[Event]:
+        """Give free slots to waiting requests; a request that cannot start fails alone."""
+        failures: list[Event] = []
         while self._waiting:
             free = [slot for slot in self._slots if slot.is_free]
             if not free:
-                return
+                break
             waiting = self._waiting.popleft()
             prompt = waiting.sequence.prompt_ids
             slot = self._choose_slot(free, prompt)
-            reused = self._prepare_prefix(slot, prompt)
+            try:
+                reused = self._prepare_prefix(slot, prompt)
+                sampler = self._build_sampler(waiting)
+            except Exception as error:
+                self._release(slot, keep_cache=False)
+                failures.append(unexpected_failure(waiting.sequence.request_id, "starting", error))
+                continue
             self._admissions += 1
             slot.last_admitted = self._admissions
             waiting.sequence.cached_prompt_tokens = reused
             slot.sequence = waiting.sequence
-            slot.sampler = self._build_sampler(waiting)
+            slot.sampler = sampler
             slot.pending_prompt = prompt[reused:]
+        return failures
 
     @staticmethod
     def _choose_slot(free: list[_Slot], prompt: list[int]) -> _Slot:
@@ -571,8 +550,8 @@ class GGUFEngine(Engine):
         pointer = llama_cpp.llama_get_logits_ith(self._context, logits_index)
         logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
         value, best = log_softmax_at(logits, token, top)
-        alternatives = tuple((self._piece(t, special=True), lp) for t, lp in best)
-        return TokenLogprob(self._piece(token, special=True), value, alternatives)
+        alternatives = tuple((self._tokenizer.piece(t, special=True), lp) for t, lp in best)
+        return TokenLogprob(self._tokenizer.piece(token, special=True), value, alternatives)
 
     def _build_sampler(self, waiting: _Waiting) -> llama_cpp.llama_sampler_p:
         sampling, sequence = waiting.sampling, waiting.sequence

@@ -150,10 +150,20 @@ def json_object_grammar() -> str:
     return JSON_GBNF
 
 
+def _root_ref_as_union(schema: Any) -> Any:
+    """llama-cpp-python's resolve_refs does not look past a node's `$ref`, so the `$defs` of a
+    root that is itself a reference (pydantic's recursive models) stay unresolved; a one-branch
+    union means the same and is walked in full."""
+    if isinstance(schema, dict) and "$ref" in schema and "anyOf" not in schema:
+        rest = {key: value for key, value in schema.items() if key != "$ref"}
+        return {**rest, "anyOf": [{"$ref": schema["$ref"]}]}
+    return schema
+
+
 def json_schema_grammar(schema: str) -> str:
     """A GBNF grammar for documents valid against `schema` (JSON text)."""
     try:
-        parsed = json.loads(schema)
+        parsed = _root_ref_as_union(json.loads(schema))
         converter = _RangeAwareConverter(
             prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
         )

@@ -28,6 +28,7 @@ from engines.onnx_scheduling import (
     Scheduler,
     guidance_schema,
 )
+from engines.prompting import PromptBuilder
 from engines.providers import (
     AvailabilityProbes,
     check_single_runtime,
@@ -35,7 +36,6 @@ from engines.providers import (
     resolve_provider,
 )
 from engines.sampling import OPENAI_DEFAULTS
-from engines.sequence import Sequence, completion_budget
 from engines.templates import ChatTemplate
 
 try:
@@ -48,11 +48,64 @@ log = logging.getLogger("slmserve.engines.onnx")
 DEFAULT_CONTEXT_CAP = 4096  # og allocates the KV cache for max_length up front
 
 
+# How fill-in-the-middle tokens are spelled in the vocabularies llama.cpp recognises too.
+_FIM_SPELLINGS = (
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    ("<fim-prefix>", "<fim-suffix>", "<fim-middle>"),
+    ("<PRE>", "<SUF>", "<MID>"),
+)
+
+
 def _token_text(value: Any) -> str:
     """tokenizer_config.json writes special tokens as a string or {"content": ...}."""
     if isinstance(value, dict):
         return str(value.get("content", ""))
     return value if isinstance(value, str) else ""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+class OgTokenizer:
+    """onnxruntime-genai's tokenizer in the shape prompt building wants (engines/prompting.py).
+
+    og's `encode` never adds BOS and always reads special-token spellings as special tokens;
+    BOS and the fill-in-the-middle tokens come from the folder's tokenizer files."""
+
+    def __init__(self, tokenizer: Any, folder: Path, vocab_size: int) -> None:
+        self._tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        config = _read_json(folder / "tokenizer_config.json")
+        special = {
+            str(token.get("content")): int(token["id"])
+            for token in _read_json(folder / "tokenizer.json").get("added_tokens", [])
+            if isinstance(token, dict) and "id" in token
+        }
+        bos = special.get(_token_text(config.get("bos_token")))
+        self._bos_id = bos
+        self.adds_bos = bool(config.get("add_bos_token")) and bos is not None
+        self.fim_markers: tuple[int, int, int] | None = next(
+            (
+                (special[p], special[s], special[m])
+                for p, s, m in _FIM_SPELLINGS
+                if p in special and s in special and m in special
+            ),
+            None,
+        )
+
+    def encode(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        text.encode(
+            "utf-8"
+        )  # the UnicodeEncodeError llama.cpp's tokenizer raises, not og's TypeError
+        ids = [int(token) for token in self._tokenizer.encode(text)]
+        if add_bos and self._bos_id is not None:
+            ids.insert(0, self._bos_id)
+        return ids
 
 
 class OnnxEngine(Engine):
@@ -81,7 +134,14 @@ class OnnxEngine(Engine):
         self._vocab_size = int(genai_config["model"]["vocab_size"])
         self._valid_guidance: set[str] = set()
         self._context_length = min(config.context_length or DEFAULT_CONTEXT_CAP, trained)
-        self._template = self._load_template(folder, config)
+        template = self._load_template(folder, config)
+        self._prompts = PromptBuilder(
+            config.name,
+            template,
+            OgTokenizer(self._tokenizer, folder, self._vocab_size),
+            context_length=self._context_length,
+            default_max_tokens=config.defaults.max_tokens,
+        )
         self._defaults = config.defaults.sampling_params().over(OPENAI_DEFAULTS)
         batching = config.batching
         if batching == "auto":
@@ -101,7 +161,7 @@ class OnnxEngine(Engine):
             provider=provider,
             context_length=self._context_length,
             parallel=config.parallel,
-            has_chat_template=self._template is not None,
+            has_chat_template=template is not None,
             load_seconds=time.perf_counter() - started,
         )
 
@@ -129,10 +189,7 @@ class OnnxEngine(Engine):
 
     @staticmethod
     def _load_template(folder: Path, config: ModelConfig) -> ChatTemplate | None:
-        tokenizer_config_path = folder / "tokenizer_config.json"
-        tokenizer_config = (
-            json.loads(tokenizer_config_path.read_text()) if tokenizer_config_path.is_file() else {}
-        )
+        tokenizer_config = _read_json(folder / "tokenizer_config.json")
         template_file = folder / "chat_template.jinja"
         source = config.chat_template_source()
         if source is None and template_file.is_file():
@@ -148,35 +205,6 @@ class OnnxEngine(Engine):
         )
 
     # -- requests ------------------------------------------------------------------------
-
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        if request.prompt is not None:
-            text = request.prompt
-        elif self._template is None:
-            raise InvalidRequestError(
-                f"model {self._config.name!r} has no chat template; set chat_template in "
-                "models.yaml or send a raw prompt to /v1/completions",
-                param="messages",
-            )
-        else:
-            text = self._template.render(request.messages)
-        return [int(token) for token in self._tokenizer.encode(text)]
-
-    def _check_request(self, request: GenerationRequest) -> None:
-        if request.suffix is not None:
-            raise InvalidRequestError(
-                "ONNX models cannot complete text before a suffix (no fill-in-the-middle)",
-                param="suffix",
-            )
-        for token, _ in request.logit_bias:
-            if not 0 <= token < self._vocab_size:
-                raise InvalidRequestError(
-                    f"logit_bias names token {token}; this model's tokens are 0 to "
-                    f"{self._vocab_size - 1}",
-                    param="logit_bias",
-                )
-        if request.constraint is not None:
-            self._check_guidance(guidance_schema(request.constraint))
 
     def _check_guidance(self, schema: str) -> None:
         """og compiles a grammar when a generator is made: try a tiny one, once per schema."""
@@ -196,18 +224,14 @@ class OnnxEngine(Engine):
     def submit(self, request: GenerationRequest) -> Event:
         sampling = request.sampling.over(self._defaults)
         try:
-            self._check_request(request)
             self._scheduler.check(request, sampling)
-            prompt_ids = self._prompt_ids(request)
-            if not prompt_ids:
-                raise InvalidRequestError("the prompt is empty", param="messages")
-            budget = completion_budget(
-                request, len(prompt_ids), self._context_length, self._config.defaults.max_tokens
-            )
+            sequence = self._prompts.sequence(request)
+            if request.constraint is not None:
+                self._check_guidance(guidance_schema(request.constraint))
         except EngineError as error:
             return Failed.of(request.request_id, error)
-        self._scheduler.add(Sequence(request, prompt_ids, budget), sampling)
-        return Accepted(request.request_id, len(prompt_ids))
+        self._scheduler.add(sequence, sampling)
+        return Accepted(request.request_id, len(sequence.prompt_ids))
 
     def has_work(self) -> bool:
         return self._scheduler.has_work()

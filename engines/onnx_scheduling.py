@@ -19,26 +19,28 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engines.base import Event, Failed, Finished, GenerationRequest, JsonConstraint, TokenLogprob
+from engines.base import (
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    JsonConstraint,
+    TokenLogprob,
+    unexpected_failure,
+)
 from engines.errors import EngineError, InvalidRequestError
+from engines.json_schema import constraint_schema
 from engines.logprobs import log_softmax_at
 from engines.sampling import SamplingParams
 from engines.sequence import Sequence
 
 
 def guidance_schema(constraint: JsonConstraint) -> str:
-    """The JSON schema og's guidance enforces (json_object: any object), without free
-    whitespace: llguidance otherwise lets a small model emit newlines until max_tokens (seen
-    here), where llama.cpp's JSON grammars bound it."""
-    if constraint.schema is None:
-        schema: object = {"type": "object"}
-    else:
-        try:
-            schema = json.loads(constraint.schema)
-        except ValueError:
-            return constraint.schema  # og refuses it with its own message at submit
-    if isinstance(schema, dict):
-        schema.setdefault("x-guidance", {"whitespace_flexible": False})
+    """The JSON schema og's guidance enforces: the shared strict reading (engines/json_schema),
+    without free whitespace: llguidance otherwise lets a small model emit newlines until
+    max_tokens (seen here), where llama.cpp's JSON grammars bound it."""
+    schema = constraint_schema(constraint)
+    schema.setdefault("x-guidance", {"whitespace_flexible": False})
     return json.dumps(schema)
 
 
@@ -74,10 +76,6 @@ class _GeneratorSlot:
             or sampling.min_p
             or self.sequence.request.logit_bias
         )
-
-
-def _failure(request_id: str, what: str, error: Exception) -> Failed:
-    return Failed.of(request_id, EngineError(f"onnxruntime-genai failed {what}: {error}"))
 
 
 class InterleavedGenerators:
@@ -117,12 +115,12 @@ class InterleavedGenerators:
             try:
                 self._slots[sequence.request_id] = self._start(sequence, sampling)
             except Exception as error:  # og raises plain RuntimeErrors
-                events.append(_failure(sequence.request_id, "to start generation", error))
+                events.append(unexpected_failure(sequence.request_id, "starting", error))
         for request_id, slot in list(self._slots.items()):
             try:
                 produced = self._advance(slot)
             except Exception as error:
-                produced = [_failure(request_id, "while generating", error)]
+                produced = [unexpected_failure(request_id, "generating", error)]
             events.extend(produced)
             if isinstance(produced[-1], Finished | Failed):
                 del self._slots[request_id]
@@ -283,6 +281,8 @@ class OgEngineBatches:
                 self._start(sequence, sampling)
             except RuntimeError as error:
                 events.append(self._refusal(sequence, error))
+            except Exception as error:
+                events.append(unexpected_failure(sequence.request_id, "starting", error))
         if not self._running:
             return events
         for event in self._engine.run(self._buffer):

@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 
 from engines.base import (
+    Accepted,
     Engine,
     Failed,
     Finished,
@@ -20,8 +21,9 @@ from engines.base import (
     TokenEvent,
 )
 from engines.config import ModelConfig
-from engines.gguf import GGUFEngine, fill_in_the_middle
+from engines.gguf import GGUFEngine
 from engines.onnx import OnnxEngine
+from engines.prompting import fill_in_the_middle
 from engines.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -158,3 +160,109 @@ def test_fill_in_the_middle_layout() -> None:
         3,
         12,
     ]
+
+
+# What pydantic writes for a plain model: no additionalProperties, titles, a nested $ref.
+PYDANTIC_USER = {
+    "$defs": {
+        "Address": {
+            "properties": {"city": {"title": "City", "type": "string", "maxLength": 20}},
+            "required": ["city"],
+            "title": "Address",
+            "type": "object",
+        }
+    },
+    "properties": {
+        "name": {"title": "Name", "type": "string", "maxLength": 20},
+        "age": {"title": "Age", "type": "integer"},
+        "address": {"$ref": "#/$defs/Address"},
+    },
+    "required": ["name", "age", "address"],
+    "title": "User",
+    "type": "object",
+}
+RECURSIVE_NODE = {
+    "$defs": {
+        "Node": {
+            "properties": {
+                "value": {"type": "integer", "minimum": 0, "maximum": 9},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}, "maxItems": 1},
+            },
+            "required": ["value", "children"],
+            "type": "object",
+        }
+    },
+    "$ref": "#/$defs/Node",
+}
+
+
+def _pairs_without_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), f"a key repeats: {keys}"
+    return dict(pairs)
+
+
+def test_a_schema_without_additional_properties_allows_only_its_own(engine: Engine) -> None:
+    """OpenAI strict semantics on both engines: listed keys only, each once, nested $refs."""
+    for seed in range(4):
+        text, _, finished = generate(
+            engine,
+            question="John, 22, lives in Paris. Give him as JSON.",
+            max_tokens=80,
+            constraint=JsonConstraint(json.dumps(PYDANTIC_USER)),
+            sampling=SamplingParams(temperature=1.0, seed=seed),
+        )
+        assert finished.finish_reason == "stop", text
+        document = json.loads(text, object_pairs_hook=_pairs_without_repeats)
+        assert set(document) == {"name", "age", "address"}, text
+        assert set(document["address"]) == {"city"}, text
+        assert abs(document["age"]) < 10**16, "an unbounded integer gets llama.cpp's 16 digits"
+        jsonschema.validate(document, PYDANTIC_USER)
+
+
+def test_recursive_schemas_are_enforced(engine: Engine) -> None:
+    text, _, finished = generate(
+        engine,
+        question="A tree of digits as JSON.",
+        max_tokens=120,
+        constraint=JsonConstraint(json.dumps(RECURSIVE_NODE)),
+    )
+    assert text.startswith("{"), text
+    if finished.finish_reason == "stop":
+        jsonschema.validate(json.loads(text), RECURSIVE_NODE)
+
+
+def test_tools_reach_the_prompt(engine: Engine) -> None:
+    """The tool definitions (native or the fallback instruction) are rendered on both engines."""
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    plain = GenerationRequest("p", (Message("user", "Weather in Paris?"),), max_tokens=1)
+    with_tools = GenerationRequest(
+        "t", (Message("user", "Weather in Paris?"),), max_tokens=1, tools=(tool,)
+    )
+    accepted = [engine.submit(request) for request in (plain, with_tools)]
+    for request in (plain, with_tools):
+        engine.cancel(request.request_id)
+    assert all(isinstance(a, Accepted) for a in accepted), accepted
+    plain_tokens, tool_tokens = (a.prompt_tokens for a in accepted if isinstance(a, Accepted))
+    assert tool_tokens > plain_tokens + 20
+
+
+@pytest.mark.parametrize(
+    ("field", "request_"),
+    [
+        ("messages", GenerationRequest("u", (Message("user", "hi \ud800 there"),))),
+        ("prompt", GenerationRequest("p", prompt="hi \udfff")),
+    ],
+)
+def test_text_that_is_not_unicode_is_refused_not_raised(
+    engine: Engine, field: str, request_: GenerationRequest
+) -> None:
+    refused = engine.submit(request_)
+    assert isinstance(refused, Failed)
+    assert (refused.kind, refused.param) == ("invalid_request", field)
