@@ -3,7 +3,8 @@
 A pure function of the loaded models' facts, so the policy is tested without processes:
 least-recently-used idle models that are not pinned are unloaded first; a busy model is never
 unloaded under a request; a model that could not fit even if every unpinned model went away is
-refused at once rather than left waiting.
+refused at once rather than left waiting. A model still loading is passed in as busy, with the
+room it is expected to take: it holds that room, and it cannot be unloaded yet.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class LoadedModel:
     resident_bytes: int
     pinned: bool
     busy: bool  # requests running on it or waiting for it
+    loading: bool = False  # not loaded yet: resident_bytes is the room reserved for it
 
 
 class Verdict(enum.Enum):
@@ -70,7 +72,11 @@ def plan_admission(
             return AdmissionPlan(Verdict.ADMIT, tuple(evict))
     pinned = [m for m in loaded if m.pinned]
     if _fits(pinned, need_bytes, max_models, budget):
-        busy = ", ".join(m.name for m in loaded if m.busy and not m.pinned)
+        busy = ", ".join(
+            f"{m.name} (loading)" if m.loading else m.name
+            for m in loaded
+            if m.busy and not m.pinned
+        )
         return AdmissionPlan(Verdict.WAIT, reason=f"models in use hold the room: {busy}")
     return AdmissionPlan(
         Verdict.REFUSE,

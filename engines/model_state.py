@@ -63,7 +63,14 @@ class ModelEntry:
         self.worker: Worker | None = None
         self.info: EngineInfo | None = None
         self.load_task: asyncio.Task[Worker] | None = None
+        # Room a load under way holds in admission: its expected resident bytes. Set when the
+        # load is admitted; cleared when the worker is in place (then it is measured) or fails.
+        self.reserved_bytes: int | None = None
         self.failure: str | None = None  # a failed load: the model stays failed until reloaded
+        # When a failed restart is tried again by itself (monotonic); None: not at all.
+        self.retry_at: float | None = None
+        self.failed_restarts = 0  # restarts in a row that failed; back to 0 once it loads
+        self.restart_task: asyncio.Task[None] | None = None
         self.last_exit: str | None = None  # why the last worker went away
         self.unloaded_on_purpose = False  # idle, evicted or unloaded by an administrator
         self.slots = asyncio.Semaphore(config.parallel)
@@ -106,7 +113,8 @@ class ModelEntry:
         A model that failed to load is not: a replica that cannot serve its configured models
         must not take traffic, and a rolling update with a broken model then stalls instead of
         replacing working replicas. The failure shows in /ready's body and /v1/models; fix the
-        cause and POST /admin/models/{name}/load."""
+        cause and POST /admin/models/{name}/load. (A preloaded or pinned model whose restart
+        after a crash failed is also tried again by itself, with backoff: EnginePool._restart.)"""
         return self.state is ModelState.READY or (
             self.state is ModelState.UNLOADED and self.unloaded_on_purpose
         )
@@ -137,6 +145,30 @@ class ModelEntry:
         self.backoff_until = now + delay
         return delay
 
+    def record_failed_restart(self, now: float) -> float:
+        """Count a restart that failed; returns how long to wait before trying it again.
+
+        Doubles with each failure in a row (1s, 2s, 4s, ... up to MAX_RESTART_BACKOFF_S) and
+        starts over once the model loads. A count of its own, not record_crash's window: a
+        model that keeps failing every 30s would otherwise drop out of the window and be
+        retried every few seconds forever."""
+        self.failed_restarts += 1
+        delay = min(MAX_RESTART_BACKOFF_S, 2.0 ** (self.failed_restarts - 1))
+        self.retry_at = now + delay
+        return delay
+
+    def failure_reason(self, now: float) -> str | None:
+        """Why the model is failed, with when it is tried again if it is."""
+        if self.failure is None or self.retry_at is None:
+            return self.failure
+        return f"{self.failure}; retrying in {max(0.0, self.retry_at - now):.0f}s"
+
+    def retry_after_failure_s(self, now: float) -> int | None:
+        """Seconds until a failed model is tried again by itself; None if it is not."""
+        if self.failure is None or self.retry_at is None:
+            return None
+        return max(1, math.ceil(self.retry_at - now))
+
     @asynccontextmanager
     async def all_slots(self) -> AsyncIterator[None]:
         """Hold every slot: in-flight requests finish first, new ones wait behind."""
@@ -152,7 +184,7 @@ class ModelEntry:
         state = self.state
         info = self.info
         if state is ModelState.FAILED:
-            reason = self.failure
+            reason = self.failure_reason(time.monotonic())
         elif state is ModelState.READY:
             reason = None
         else:

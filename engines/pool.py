@@ -3,10 +3,13 @@
 Per model: a worker process, `parallel` slots and a bounded queue (full: QueueFullError, a 429).
 Server-wide: at most `max_loaded_models` loaded and a memory budget measured from the workers'
 resident memory; to load a model, least-recently-used idle unpinned models are unloaded
-(engines/admission.py decides). Loads run one at a time under a lock so two loads never plan
-with the same free room. Idle models past their keep_alive are unloaded by a reaper. A worker
-that dies fails its in-flight requests (the worker client does that); preloaded and pinned
-models are started again by themselves, with backoff when they keep dying.
+(engines/admission.py decides). Only that decision runs under a lock: plan, unload and reserve
+the room together, so two loads never plan with the same free room (a load under way counts
+with the room reserved for it). Waiting for room and starting the worker run outside it, so one
+model's slow load, or its wait for busy models, holds up no other model. Idle models past their
+keep_alive are unloaded by a reaper. A worker that dies fails its in-flight requests (the worker
+client does that); preloaded and pinned models are started again by themselves, with backoff
+when they keep dying or their restart fails.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, 
 from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Any, Protocol
 
-from engines.admission import LoadedModel, Verdict, plan_admission
+from engines.admission import AdmissionPlan, LoadedModel, Verdict, plan_admission
 from engines.base import Embedded, EngineInfo, Event, Failed, GenerationRequest
 from engines.config import ModelConfig, PoolConfig
 from engines.errors import (
@@ -90,7 +93,8 @@ class EnginePool:
                 load_timeout_s=self._config.load_timeout_s,
             )
         )
-        self._load_lock = asyncio.Lock()
+        # Held to decide on a load (plan, unload, reserve), never while waiting or loading.
+        self._admission_lock = asyncio.Lock()
         # Set (and replaced) whenever a request ends: admission waits on it for room.
         self._activity = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -179,6 +183,7 @@ class EnginePool:
         async with self._slot(name) as entry:
             worker = await self._ready_worker(entry)
             result = await worker.embed(request_id, texts)
+        self._measure_again(entry, worker)
         if isinstance(result, Failed):
             raise result.to_error()
         assert isinstance(result, Embedded), "a worker answers Embed with Embedded or Failed"
@@ -228,8 +233,11 @@ class EnginePool:
         if entry.worker is not None and entry.worker.alive:
             return entry.worker
         if entry.failure is not None:
+            now = time.monotonic()
             raise ModelUnavailableError(
-                f"model {entry.name!r} failed to load: {entry.failure}", param="model"
+                f"model {entry.name!r} failed to load: {entry.failure_reason(now)}",
+                param="model",
+                retry_after_s=entry.retry_after_failure_s(now),
             )
         wait = entry.backoff_until - time.monotonic()
         if wait > 0:
@@ -260,113 +268,184 @@ class EnginePool:
         return task
 
     async def _load(self, entry: ModelEntry) -> Worker:
-        async with self._load_lock:
-            if entry.worker is not None and entry.worker.alive:
-                return entry.worker
-            await self._make_room_for(entry)
-            config = entry.config
-            log.info("loading model %s (%s, %s)", config.name, config.engine, config.path)
-            worker = self._worker_factory(config)
-            try:
-                info = await worker.start()
-            except EngineError as error:
-                entry.failure = error.message
-                log.error("model %s failed to load: %s", config.name, error.message)
-                raise
-            if self._closing:
-                await worker.stop()
-                raise ServerShuttingDownError("the server is shutting down")
-            entry.worker, entry.info = worker, info
-            entry.loaded_at = time.time()
-            entry.idle_since = time.monotonic()
-            entry.unloaded_on_purpose = False
-            entry.measured_bytes = resident_bytes(worker.pid)
-            self._spawn(self._watch(entry, worker), f"watch-{config.name}")
-            await self._enforce_memory_budget(entry)
-            if self._on_model_loaded is not None:
-                self._on_model_loaded(self._status(entry))
-            log.info(
-                "model %s ready in %.2fs on %s (pid %s, %s resident)",
-                config.name,
-                info.load_seconds,
-                info.provider,
-                worker.pid,
-                _megabytes(entry.measured_bytes),
-            )
-            return worker
+        if entry.worker is not None and entry.worker.alive:
+            return entry.worker
+        try:
+            await self._admit(entry)
+            return await self._start_worker(entry)
+        finally:
+            # Loaded (it counts by its measured memory now), failed or cancelled: either way
+            # the reservation goes, and loads waiting for room look again.
+            entry.reserved_bytes = None
+            self._signal_activity()
 
-    def _loaded_facts(self, exclude: ModelEntry) -> list[LoadedModel]:
-        return [
-            LoadedModel(
-                name=e.name,
-                last_used=e.idle_since,
-                resident_bytes=(resident_bytes(e.worker.pid) or 0) if e.worker else 0,
-                pinned=e.config.pinned,
-                busy=e.busy,
-            )
-            for e in self._entries.values()
-            if e is not exclude and e.is_loaded
-        ]
+    async def _admit(self, entry: ModelEntry) -> None:
+        """Reserve room for `entry`, unloading idle models; wait a while for busy ones; else refuse.
 
-    async def _make_room_for(self, entry: ModelEntry) -> None:
-        """Unload idle models until `entry` fits; wait a while for busy ones; else refuse."""
+        Only the decision holds the admission lock: the plan, the unloads it calls for and the
+        reservation happen together, so no other load plans with the same free room. Waiting
+        for room happens outside the lock, so it holds up no other model's load."""
         need = entry.measured_bytes or model_files_bytes(entry.config.path)
         deadline = time.monotonic() + self._config.admission_timeout_s
         while True:
-            plan = plan_admission(
-                self._loaded_facts(exclude=entry),
-                need_bytes=need,
-                max_models=self._config.max_loaded_models,
-                budget=self._config.memory_budget,
-            )
-            if plan.verdict is Verdict.ADMIT:
-                for name in plan.evict:
-                    await self._stop_worker(
-                        self._entries[name], f"evicted to make room for {entry.name}"
-                    )
-                return
+            async with self._admission_lock:
+                # Taken before planning: whatever frees room after this plan sets this event.
+                activity = self._activity
+                plan = plan_admission(
+                    self._room_taken(exclude=entry),
+                    need_bytes=need,
+                    max_models=self._config.max_loaded_models,
+                    budget=self._config.memory_budget,
+                )
+                if plan.verdict is Verdict.ADMIT:
+                    await self._evict(plan.evict, f"evicted to make room for {entry.name}")
+                    entry.reserved_bytes = need
+                    return
             remaining = deadline - time.monotonic()
             if plan.verdict is Verdict.REFUSE or remaining <= 0:
                 raise ModelUnavailableError(
                     f"model {entry.name!r} cannot be loaded: {plan.reason}", param="model"
                 )
-            activity = self._activity
             with suppress(TimeoutError):
                 await asyncio.wait_for(activity.wait(), remaining)
 
-    async def _enforce_memory_budget(self, entry: ModelEntry) -> None:
-        """After a load, check the measured total; unload idle models or refuse the new one."""
+    async def _start_worker(self, entry: ModelEntry) -> Worker:
+        """Spawn and warm the worker (no lock held: this is the slow part), then put it in place."""
+        config = entry.config
+        log.info("loading model %s (%s, %s)", config.name, config.engine, config.path)
+        worker = self._worker_factory(config)
+        try:
+            info = await worker.start()
+        except EngineError as error:
+            entry.failure = error.message
+            log.error("model %s failed to load: %s", config.name, error.message)
+            raise
+        if self._closing:
+            await worker.stop()
+            raise ServerShuttingDownError("the server is shutting down")
+        # In one step with placing the worker, so the room is never counted twice or not at all.
+        entry.worker, entry.info, entry.reserved_bytes = worker, info, None
+        entry.failure, entry.retry_at, entry.failed_restarts = None, None, 0
+        entry.loaded_at = time.time()
+        entry.idle_since = time.monotonic()
+        entry.unloaded_on_purpose = False
+        entry.measured_bytes = resident_bytes(worker.pid)
+        self._spawn(self._watch(entry, worker), f"watch-{config.name}")
+        await self._enforce_memory_budget(entry)
+        if self._on_model_loaded is not None:
+            self._on_model_loaded(self._status(entry))
+        log.info(
+            "model %s ready in %.2fs on %s (pid %s, %s resident)",
+            config.name,
+            info.load_seconds,
+            info.provider,
+            worker.pid,
+            _megabytes(entry.measured_bytes),
+        )
+        return worker
+
+    def _room_taken(self, exclude: ModelEntry | None) -> list[LoadedModel]:
+        """What admission counts: loaded models by their resident memory, loads under way by
+        the room reserved for them (busy: a model still loading cannot be unloaded)."""
+        taken: list[LoadedModel] = []
+        for e in self._entries.values():
+            if e is exclude:
+                continue
+            if e.worker is not None:
+                size = resident_bytes(e.worker.pid) or 0
+                taken.append(LoadedModel(e.name, e.idle_since, size, e.config.pinned, e.busy))
+            elif e.reserved_bytes is not None:
+                taken.append(
+                    LoadedModel(
+                        e.name, e.idle_since, e.reserved_bytes, e.config.pinned, True, loading=True
+                    )
+                )
+        return taken
+
+    async def _evict(self, names: Sequence[str], reason: str) -> None:
+        """Unload models the planner chose: all detached at once, before any await, so no
+        request starts on one of them while another stops."""
+        workers = [self._detach(self._entries[name], reason) for name in names]
+        await asyncio.gather(*(worker.stop() for worker in workers if worker is not None))
+
+    async def _evict_over_budget(self, entry: ModelEntry) -> AdmissionPlan | None:
+        """Unload idle unpinned models other than `entry` while the measured total is over the
+        memory budget. Returns the plan (None without a budget): not ADMIT when nothing idle
+        is left to unload and the total is still over. Call it holding the admission lock."""
         budget = self._config.memory_budget
         if budget is None:
-            return
-        others = self._loaded_facts(exclude=entry)
+            return None
         plan = plan_admission(
-            others, need_bytes=entry.measured_bytes or 0, max_models=None, budget=budget
+            self._room_taken(exclude=entry),
+            need_bytes=entry.measured_bytes or 0,
+            max_models=None,
+            budget=budget,
         )
         if plan.verdict is Verdict.ADMIT:
-            for name in plan.evict:
-                await self._stop_worker(
-                    self._entries[name], f"evicted to make room for {entry.name}"
-                )
-            return
-        used = sum(m.resident_bytes for m in others) + (entry.measured_bytes or 0)
-        await self._stop_worker(entry, "it did not fit the memory budget")
+            await self._evict(plan.evict, f"evicted to make room for {entry.name}")
+        return plan
+
+    async def _enforce_memory_budget(self, entry: ModelEntry) -> None:
+        """After a load, check the measured total; unload idle models or refuse the new one."""
+        async with self._admission_lock:
+            plan = await self._evict_over_budget(entry)
+            if plan is None or plan.verdict is Verdict.ADMIT:
+                return
+            others = self._room_taken(exclude=entry)
+            used = sum(m.resident_bytes for m in others) + (entry.measured_bytes or 0)
+            await self._stop_worker(entry, "it did not fit the memory budget")
         raise ModelUnavailableError(
             f"model {entry.name!r} uses {used} bytes with the other models, over the memory "
-            f"budget of {budget} bytes, and nothing idle can be unloaded ({plan.reason})",
+            f"budget of {self._config.memory_budget} bytes, and nothing idle can be unloaded "
+            f"({plan.reason})",
             param="model",
         )
+
+    def _measure_again(self, entry: ModelEntry, worker: Worker) -> None:
+        """Measure a worker after it served embeddings: a GGUF engine creates its embedding
+        context on first use, so the model can grow well past what its load measured. Over the
+        memory budget, idle other models are unloaded in the background: the request that
+        grew it has succeeded, and is neither failed nor held up for that."""
+        if entry.worker is not worker:
+            return  # unloaded or replaced meanwhile
+        measured = resident_bytes(worker.pid)
+        if measured is None:
+            return
+        entry.measured_bytes = measured
+        budget = self._config.memory_budget
+        if budget is not None and sum(m.resident_bytes for m in self._room_taken(None)) > budget:
+            self._spawn(self._shrink_to_budget(entry, worker), f"budget-{entry.name}")
+
+    async def _shrink_to_budget(self, entry: ModelEntry, worker: Worker) -> None:
+        async with self._admission_lock:
+            if entry.worker is not worker:
+                return  # it went away meanwhile, and the room with it
+            plan = await self._evict_over_budget(entry)
+        if plan is not None and plan.verdict is not Verdict.ADMIT:
+            log.warning(
+                "model %s grew to %s serving embeddings; the models are over the memory budget "
+                "and nothing idle can be unloaded (%s)",
+                entry.name,
+                _megabytes(entry.measured_bytes),
+                plan.reason,
+            )
 
     # -- unloading and crashes -----------------------------------------------------------
 
     async def _stop_worker(self, entry: ModelEntry, reason: str) -> None:
+        worker = self._detach(entry, reason)
+        if worker is not None:
+            await worker.stop()
+
+    def _detach(self, entry: ModelEntry, reason: str) -> Worker | None:
+        """Take the worker out of service (no new request reaches it); the caller stops it."""
         worker, entry.worker = entry.worker, None
         if worker is None:
-            return
+            return None
         entry.last_exit = reason
         entry.unloaded_on_purpose = True
         log.info("unloading model %s (pid %s): %s", entry.name, worker.pid, reason)
-        await worker.stop()
+        return worker
 
     async def _watch(self, entry: ModelEntry, worker: Worker) -> None:
         """Notice a worker that exits on its own; restart preloaded and pinned models."""
@@ -381,12 +460,40 @@ class EnginePool:
         log.error("model %s: %s; restart in %.0fs", entry.name, entry.last_exit, delay)
         self._signal_activity()
         if entry.config.preload or entry.config.pinned:
-            self._spawn(self._restart_after(entry, delay), f"restart-{entry.name}")
+            if entry.restart_task is not None:
+                entry.restart_task.cancel()  # one restart loop per model, on the latest crash
+            entry.restart_task = self._spawn(self._restart(entry, delay), f"restart-{entry.name}")
 
-    async def _restart_after(self, entry: ModelEntry, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        if not self._closing and entry.worker is None:
-            self._begin_load(entry)
+    async def _restart(self, entry: ModelEntry, delay_s: float) -> None:
+        """Start a crashed model again after `delay_s`; while that fails, retry with backoff.
+
+        What is retried: the restart of a model that was loaded until its worker died. Its
+        configuration worked, so a failed restart is most likely passing (memory not yet given
+        back, a busy device, no room next to busy models), and a model left failed until
+        someone calls the admin API is an outage. A model whose first load fails is not
+        retried: that is almost always its configuration (a wrong path, a bad file, a missing
+        execution provider), which retrying cannot fix; it stays failed until
+        POST /admin/models/{name}/load. Either way it keeps /ready at 503 while it is failed.
+        """
+        try:
+            while True:
+                await asyncio.sleep(delay_s)
+                if self._closing or entry.worker is not None or entry.unloaded_on_purpose:
+                    return  # stopping, loaded meanwhile (a request, an admin), or unloaded
+                entry.failure = None  # requests join this load instead of failing at once
+                try:
+                    # Shielded: replacing this loop must not cancel a load requests wait for.
+                    await asyncio.shield(self._begin_load(entry))
+                    return
+                except ServerShuttingDownError:
+                    return
+                except (EngineError, OSError) as error:  # OSError: no process could be spawned
+                    delay_s = entry.record_failed_restart(time.monotonic())
+                    cause = error.message if isinstance(error, EngineError) else str(error)
+                    entry.failure = f"restarting after its worker died failed: {cause}"
+                    log.error("model %s: %s; retrying in %.0fs", entry.name, entry.failure, delay_s)
+        finally:
+            entry.retry_at = None
 
     async def _unload_idle_models(self) -> None:
         while True:
@@ -409,10 +516,11 @@ class EnginePool:
         self._activity.set()
         self._activity = asyncio.Event()
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
 
 def _megabytes(size: int | None) -> str:

@@ -199,3 +199,29 @@ class InProcessWorker:
     async def wait_exited(self) -> int:
         await self._exited.wait()
         return 0
+
+
+@dataclass
+class ScriptedWorker(InProcessWorker):
+    """An InProcessWorker for the pool's own tests: a made-up pid (for a faked resident memory),
+    a start that waits on `gate` when one is given, and fails with `start_error` when set."""
+
+    fake_pid: int | None = None
+    gate: asyncio.Event | None = None
+    start_error: EngineError | None = None
+    starting: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.fake_pid
+
+    async def start(self) -> EngineInfo:
+        self.starting = True
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.start_error is not None:
+                raise self.start_error
+            return await super().start()
+        finally:
+            self.starting = False

@@ -63,3 +63,10 @@ def test_a_model_larger_than_the_budget_is_refused() -> None:
     result = plan([], need=600 * MB, budget=500 * MB)
     assert result.verdict is Verdict.REFUSE
     assert "more than the whole memory budget" in result.reason
+
+
+def test_a_model_still_loading_holds_its_room_and_is_named_as_loading() -> None:
+    loading = LoadedModel("a", 1, 600 * MB, pinned=False, busy=True, loading=True)
+    result = plan([loading], need=600 * MB, budget=1000 * MB)
+    assert result.verdict is Verdict.WAIT
+    assert result.reason == "models in use hold the room: a (loading)"

@@ -58,3 +58,21 @@ def test_state_without_worker() -> None:
     failed.failure = "bad file"
     assert failed.state is ModelState.FAILED
     assert failed.status(None).reason == "bad file"
+
+
+def test_failed_restarts_back_off_doubling_up_to_the_cap() -> None:
+    model = entry()
+    model.failure = "restarting after its worker died failed: out of memory"
+    delays = [model.record_failed_restart(100.0) for _ in range(7)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, MAX_RESTART_BACKOFF_S, MAX_RESTART_BACKOFF_S]
+    assert model.failure_reason(100.0) == f"{model.failure}; retrying in 30s"
+    assert model.retry_after_failure_s(100.0) == 30
+    assert model.state is ModelState.FAILED
+    assert model.status(None).reason is not None
+
+
+def test_a_failure_without_a_retry_says_so_plainly() -> None:
+    model = entry()
+    model.failure = "bad file"
+    assert model.failure_reason(0.0) == "bad file"
+    assert model.retry_after_failure_s(0.0) is None
