@@ -1,15 +1,27 @@
-"""API keys: `Authorization: Bearer <key>` on every API route once keys are configured.
+"""API keys and the admin key: `Authorization: Bearer <key>`, checked before routing.
 
-Keys come from SLMSERVE_API_KEY (comma-separated) and/or a file (one per line, `#` comments).
-Only their SHA-256 digests are kept, and a presented key is compared against every one of them
-with hmac.compare_digest: equal-length inputs, no early exit, no timing hint of which key or how
-much of it matched.
+API keys (SLMSERVE_API_KEY, comma-separated, and/or SLMSERVE_API_KEY_FILE, one per line, `#`
+comments) guard every API route once configured. The admin routes (`/admin/*`: load, unload)
+follow their own rule, since they change what the server serves:
+
+- an admin key is configured (SLMSERVE_ADMIN_KEY / SLMSERVE_ADMIN_KEY_FILE, same formats): only
+  an admin key opens them (401 `invalid_admin_key` otherwise; an API key is not enough);
+- no admin key, the server listens on a loopback address (127.0.0.0/8, ::1, localhost): they
+  follow the API's rule, as before (open, or an API key when API keys are configured);
+- no admin key, any other address (0.0.0.0 in a container, ...): 403 `admin_disabled`.
+
+An admin key is not an API key: `/v1/` accepts it only when it is also listed as one.
+Only SHA-256 digests of the keys are kept, and a presented key is compared against every one of
+them with hmac.compare_digest: equal-length inputs, no early exit, no timing hint of which key or
+how much of it matched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +29,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import OpenAIError
+
+log = logging.getLogger("slmserve.auth")
 
 
 def _digest(key: str) -> bytes:
@@ -49,30 +63,71 @@ class ApiKeys:
         return matched
 
 
-def _unauthorized(message: str) -> OpenAIError:
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the server to this machine: 127.0.0.0/8, ::1, localhost."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # another name: it may resolve to anything
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _bearer_token(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _unauthorized(message: str, code: str) -> OpenAIError:
     return OpenAIError(
         401,
         message,
         type="invalid_request_error",
-        code="invalid_api_key",
+        code=code,
         headers={"WWW-Authenticate": "Bearer"},
     )
 
 
 # Always open: probes, and the API description (no secrets in it).
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/redoc"})
+ADMIN_PREFIX = "/admin"
 
 
 class ApiKeyMiddleware:
-    """Checks the key before routing and body parsing, so a bad key is a 401 whatever the body.
+    """Checks the API or admin key before routing and body parsing, so a bad key is a 401 (or a
+    disabled admin route a 403) whatever the body.
 
     A pure ASGI middleware: it adds nothing to the streaming path of authorised requests.
     """
 
-    def __init__(self, app: ASGIApp, *, keys: ApiKeys, metrics_require_api_key: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: ApiKeys,
+        admin_keys: ApiKeys,
+        host: str,
+        metrics_require_api_key: bool,
+    ) -> None:
         self._app = app
         self._keys = keys
+        self._admin_keys = admin_keys
         self._metrics_require_api_key = metrics_require_api_key
+        self._host = host
+        # No admin key and a non-loopback address: the admin routes are refused outright.
+        self._admin_disabled = not admin_keys.enabled and not is_loopback(host)
+        if self._admin_disabled:
+            log.warning(
+                "admin routes (/admin/*) answer 403: listening on %s, not a loopback address, "
+                "without an admin key; set SLMSERVE_ADMIN_KEY to enable them",
+                host,
+            )
 
     def _is_public(self, path: str) -> bool:
         if path == "/metrics":
@@ -80,24 +135,57 @@ class ApiKeyMiddleware:
         return path in PUBLIC_PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._keys.enabled or self._is_public(scope["path"]):
+        if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        error = self._refusal(Headers(scope=scope).get("authorization", ""))
+        path: str = scope["path"]
+        if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+            error = self._admin_refusal(scope)
+        elif not self._keys.enabled or self._is_public(path):
+            error = None
+        else:
+            error = self._api_refusal(Headers(scope=scope).get("authorization", ""))
         if error is None:
             await self._app(scope, receive, send)
             return
-        if scope["path"].startswith("/v1/"):
+        if path.startswith("/v1/"):
             scope["app"].state.metrics.count_error("", error.detail.code)
         await error.response()(scope, receive, send)
 
-    def _refusal(self, authorization: str) -> OpenAIError | None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+    def _api_refusal(self, authorization: str) -> OpenAIError | None:
+        token = _bearer_token(authorization)
+        if token is None:
             return _unauthorized(
                 "You didn't provide an API key. Send it in the Authorization header as "
-                "'Authorization: Bearer YOUR_KEY'."
+                "'Authorization: Bearer YOUR_KEY'.",
+                "invalid_api_key",
             )
-        if not self._keys.accepts(token.strip()):
-            return _unauthorized("Incorrect API key provided.")
+        if not self._keys.accepts(token):
+            return _unauthorized("Incorrect API key provided.", "invalid_api_key")
+        return None
+
+    def _admin_refusal(self, scope: Scope) -> OpenAIError | None:
+        if self._admin_disabled:
+            return OpenAIError(
+                403,
+                f"The admin API is disabled: the server listens on {self._host}, not a loopback "
+                "address, and no admin key is set. Set SLMSERVE_ADMIN_KEY (or "
+                "SLMSERVE_ADMIN_KEY_FILE) on the server and send the key as "
+                "'Authorization: Bearer ADMIN_KEY'.",
+                type="invalid_request_error",
+                code="admin_disabled",
+            )
+        authorization = Headers(scope=scope).get("authorization", "")
+        if not self._admin_keys.enabled:
+            # Loopback without an admin key: the API's rule, as before admin keys existed.
+            return self._api_refusal(authorization) if self._keys.enabled else None
+        token = _bearer_token(authorization)
+        if token is None:
+            return _unauthorized(
+                "The admin API needs the admin key. Send it in the Authorization header as "
+                "'Authorization: Bearer ADMIN_KEY'.",
+                "invalid_admin_key",
+            )
+        if not self._admin_keys.accepts(token):
+            return _unauthorized("Incorrect admin key provided.", "invalid_admin_key")
         return None

@@ -36,6 +36,7 @@ def build_app(
     """The app serving `models_file`; `worker_factory` stands in for worker processes in tests."""
 
     api_keys = ApiKeys.load(settings.api_key, settings.api_key_file)
+    admin_keys = ApiKeys.load(settings.admin_key, settings.admin_key_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,6 +72,8 @@ def build_app(
     app.add_middleware(
         ApiKeyMiddleware,
         keys=api_keys,
+        admin_keys=admin_keys,
+        host=settings.host,
         metrics_require_api_key=settings.metrics_require_api_key,
     )
     if settings.cors_allow_origins:

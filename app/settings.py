@@ -40,6 +40,16 @@ class ServerSettings(BaseSettings):
     api_key_file: Path | None = Field(
         default=None, description="A file of API keys, one per line ('#' starts a comment)."
     )
+    admin_key: str | None = Field(
+        default=None,
+        description="Admin key(s) for /admin/* (load, unload a model), sent as "
+        "'Authorization: Bearer KEY', comma-separated; an API key does not open /admin/*, nor "
+        "an admin key /v1/. Unset (and no key file): /admin/* answers only when listening on a "
+        "loopback address (then under the API key rule), 403 otherwise.",
+    )
+    admin_key_file: Path | None = Field(
+        default=None, description="A file of admin keys, one per line ('#' starts a comment)."
+    )
     metrics_require_api_key: bool = Field(
         default=False, description="Whether /metrics also needs an API key (when keys are set)."
     )

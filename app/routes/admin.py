@@ -1,4 +1,8 @@
-"""Administration: load or unload a model now."""
+"""Administration: load or unload a model now.
+
+Guarded by the admin key, or refused outright (403) on a non-loopback address without one: see
+app/auth.py, which checks before routing.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from app.routes.models import model_card
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong admin (or API) key"},
+    403: {"model": ErrorResponse, "description": "No admin key set on a non-loopback address"},
     404: {"model": ErrorResponse},
     503: {"model": ErrorResponse},
 }

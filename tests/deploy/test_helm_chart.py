@@ -93,6 +93,8 @@ def test_default_values_render_a_cpu_deployment_that_validates(
     # The pod outlives its drain: running requests finish before Kubernetes kills it.
     drain = next(e for e in server["env"] if e["name"] == "SLMSERVE_DRAIN_TIMEOUT_S")
     assert pod["terminationGracePeriodSeconds"] > float(drain["value"])
+    # No admin key unless one is given: /admin/* answers 403 on the pod's 0.0.0.0.
+    assert "SLMSERVE_ADMIN_KEY" not in {e["name"] for e in server["env"]}
 
 
 def test_gpu_values_render_gpu_requests_and_an_hpa_on_waiting_requests(
@@ -128,6 +130,23 @@ def test_gpu_values_render_gpu_requests_and_an_hpa_on_waiting_requests(
     assert endpoint["path"] == "/metrics"
 
 
+def test_admin_key_comes_from_the_named_secret(chart: helm.Chart, tmp_path: Path) -> None:
+    values = {"server": {"adminKey": {"existingSecret": "slmserve-admin", "secretKey": "token"}}}
+    manifests = render(chart, values)
+    validate(manifests, tmp_path)
+    env = manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    (admin,) = [e for e in env if e["name"] == "SLMSERVE_ADMIN_KEY"]
+    assert admin == {
+        "name": "SLMSERVE_ADMIN_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "slmserve-admin", "key": "token"}},
+    }
+    # The secret's key defaults to admin-key.
+    manifests = render(chart, {"server": {"adminKey": {"existingSecret": "slmserve-admin"}}})
+    env = manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    (admin,) = [e for e in env if e["name"] == "SLMSERVE_ADMIN_KEY"]
+    assert admin["valueFrom"]["secretKeyRef"] == {"name": "slmserve-admin", "key": "admin-key"}
+
+
 def test_kubernetes_validate_does_reject_a_bad_manifest(chart: helm.Chart, tmp_path: Path) -> None:
     """The validation above can fail: an unknown field in the pod spec is caught."""
     manifests = render(chart)
@@ -148,6 +167,9 @@ def test_kubernetes_validate_does_reject_a_bad_manifest(chart: helm.Chart, tmp_p
         ({"image": {"repository": "slmserve", "pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"autoscaling": {"enabled": True, "targetWaitingRequests": 0}}, "targetWaiting"),
         ({"server": {"extraEnv": {"PATH": "/tmp"}}}, "PATH"),
+        ({"server": {"adminKey": {"existingSecret": "Not A Name"}}}, "existingSecret"),
+        ({"server": {"adminKey": {"existingSecret": "s", "secretKey": "a/b"}}}, "secretKey"),
+        ({"server": {"adminKey": {"secret": "s"}}}, "secret"),
         ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
         ({"unknown": True}, "unknown"),
     ],
