@@ -57,12 +57,19 @@ _ENGINE_ERROR_MAP: Sequence[tuple[type[engine_errors.EngineError], int, str, str
         "invalid_request_error",
         "context_length_exceeded",
     ),
+    (
+        engine_errors.ChatTemplateMissingError,
+        400,
+        "invalid_request_error",
+        "chat_template_missing",
+    ),
     (engine_errors.InvalidRequestError, 400, "invalid_request_error", "invalid_request"),
     (engine_errors.QueueFullError, 429, "rate_limit_error", "queue_full"),
     (engine_errors.ModelUnavailableError, 503, "server_error", "model_unavailable"),
     (engine_errors.ModelLoadError, 503, "server_error", "model_unavailable"),
     (engine_errors.WorkerCrashedError, 503, "server_error", "worker_crashed"),
     (engine_errors.ServerShuttingDownError, 503, "server_error", "shutting_down"),
+    (engine_errors.InternalEngineError, 500, "server_error", "internal_error"),
     (engine_errors.EngineError, 500, "server_error", "engine_error"),
 )
 
@@ -104,6 +111,10 @@ def _validation_error(exc: RequestValidationError) -> OpenAIError:
         return OpenAIError(400, "Invalid request.", code="invalid_value")
     if any(error.get("type") == "json_invalid" for error in errors):
         return OpenAIError(400, "The request body is not valid JSON.", code="invalid_json")
+    for error in errors:
+        if error.get("type") == "invalid_utf8":  # the location is in the error's context
+            where = str((error.get("ctx") or {}).get("param"))
+            return OpenAIError(400, error["msg"], param=where, code="invalid_value")
     param = _param(errors[0].get("loc", ()))
     # Of the errors about the same field (one per union branch), a bare type mismatch says least.
     same_field = [error for error in errors if _param(error.get("loc", ())) == param]

@@ -16,7 +16,9 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     model_serializer,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from engines.sampling import (
     FrequencyPenalty,
@@ -43,6 +45,46 @@ class OpenAIBaseModel(BaseModel):
         return sorted(self.model_extra or {})
 
 
+def _first_invalid_text(value: Any, path: str) -> str | None:
+    """Where in a parsed JSON body a string cannot be UTF-8 (a lone surrogate), if anywhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            # A key that is no text is named with its surrogates escaped: the name must print.
+            name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+            where = f"{path}.{name}" if path else name
+            if (found := _first_invalid_text(key, where)) or (
+                found := _first_invalid_text(item, where)
+            ):
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if found := _first_invalid_text(item, f"{path}[{index}]"):
+                return found
+    return None
+
+
+class RequestBody(OpenAIBaseModel):
+    """A whole request body. JSON may escape lone UTF-16 surrogates ("\\ud800"), which are no
+    text at all: every string is checked once here, so none reaches a tokenizer."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_invalid_text(cls, data: Any) -> Any:
+        if (where := _first_invalid_text(data, "")) is not None:
+            raise PydanticCustomError(
+                "invalid_utf8",
+                "'{param}' holds text that is not valid Unicode (a lone UTF-16 surrogate)",
+                {"param": where},
+            )
+        return data
+
+
 class _DropsNone(BaseModel):
     """Serialised without the fields that are None (OpenAI leaves unset delta fields out)."""
 
@@ -58,7 +100,7 @@ class StreamOptions(OpenAIBaseModel):
     include_usage: bool = False
 
 
-class GenerationFields(OpenAIBaseModel):
+class GenerationFields(RequestBody):
     """Fields chat and text completions share."""
 
     model: str = Field(min_length=1)
@@ -187,7 +229,7 @@ class CompletionRequest(GenerationFields):
 # -- embeddings request --------------------------------------------------------------------
 
 
-class EmbeddingRequest(OpenAIBaseModel):
+class EmbeddingRequest(RequestBody):
     model: str = Field(min_length=1)
     input: (
         str

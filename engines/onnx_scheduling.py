@@ -164,8 +164,13 @@ class InterleavedGenerators:
         logprob = None
         if top is not None and raw is not None:
             logprob = self._logprob(raw, token, top)
-        piece = slot.stream.decode(token)
+        piece = self._detokenize(slot, token)
         return list(slot.sequence.accept(token, piece, is_end=False, logprob=logprob))
+
+    @staticmethod
+    def _detokenize(slot: _GeneratorSlot, token: int) -> str:
+        text: str = slot.stream.decode(token)
+        return text
 
     def _token_bytes(self, token: int) -> bytes:
         text: str = self._tokenizer.decode(np.asarray([token], dtype=np.int32))

@@ -9,14 +9,25 @@ from two threads (llama.cpp aborts when it is).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import select
 import socket
 import sys
 import time
-from dataclasses import replace
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
-from engines.base import Engine, Event, Failed
+from engines.base import (
+    Accepted,
+    Embedded,
+    Engine,
+    Event,
+    Failed,
+    Finished,
+    unexpected_failure,
+)
 from engines.config import ModelConfig
 from engines.errors import EngineError, ModelLoadError
 from engines.ipc import (
@@ -29,6 +40,7 @@ from engines.ipc import (
     LoadFailed,
     Shutdown,
     Submit,
+    ToWorker,
     encode,
 )
 from engines.loader import load_engine
@@ -41,18 +53,36 @@ log = logging.getLogger("slmserve.worker")
 _RECEIVE_BYTES = 1 << 20
 
 
+@dataclass(slots=True)
+class _EmbeddingJob:
+    """An embedding request, embedded one input per loop turn so decoding goes on between."""
+
+    request_id: str
+    texts: tuple[str, ...]
+    vectors: list[list[float]] = field(default_factory=list)
+    tokens: int = 0
+
+
 class WorkerLoop:
-    """Alternates between draining the socket and stepping the engine."""
+    """Alternates between draining the socket, one embedding input, and one engine step.
+
+    Nothing a request does can end this loop: an exception while submitting, stepping or
+    embedding becomes a `Failed` for the requests it touched, and the loop goes on. Engines
+    isolate failures per request themselves; a step that raises anyway fails every request then
+    in the engine (its state is unknown), never the process.
+    """
 
     def __init__(self, engine: Engine, connection: socket.socket) -> None:
         self._engine = engine
         self._connection = connection
         self._decoder = FrameDecoder()
+        self._in_flight: set[str] = set()  # accepted, not yet finished or failed
+        self._embeddings: deque[_EmbeddingJob] = deque()
+        self._outgoing: list[Event] = []  # sent once per loop turn
 
     def run(self) -> None:
-        outgoing: list[Event] = []
         while True:
-            busy = self._engine.has_work()
+            busy = self._engine.has_work() or bool(self._embeddings)
             readable, _, _ = select.select([self._connection], [], [], 0 if busy else None)
             if readable:
                 data = self._connection.recv(_RECEIVE_BYTES)
@@ -60,25 +90,76 @@ class WorkerLoop:
                     log.info("the server closed the connection; exiting")
                     return
                 for message in self._decoder.feed(data):
-                    if isinstance(message, Submit):
-                        outgoing.append(self._engine.submit(message.request))
-                    elif isinstance(message, Cancel):
-                        self._engine.cancel(message.request_id)
-                    elif isinstance(message, Embed):
-                        outgoing.append(self._embed(message))
-                    elif isinstance(message, Shutdown):
+                    if isinstance(message, Shutdown):
                         return
+                    self._emit(self._handle(message))
+            if self._embeddings:
+                self._emit(self._embed_next())
             if self._engine.has_work():
-                outgoing.extend(self._engine.step())
-            if outgoing:
-                self._send(Events(outgoing))
-                outgoing = []
+                self._emit(self._step())
+            if self._outgoing:
+                self._send(Events(self._outgoing))
+                self._outgoing = []
 
-    def _embed(self, message: Embed) -> Event:
+    def _handle(self, message: ToWorker | FromWorker) -> list[Event]:
+        if isinstance(message, Submit):
+            request_id = message.request.request_id
+            try:
+                return [self._engine.submit(message.request)]
+            except Exception as error:
+                return [unexpected_failure(request_id, "reading", error)]
+        if isinstance(message, Cancel):
+            self._cancel(message.request_id)
+        elif isinstance(message, Embed):
+            self._embeddings.append(_EmbeddingJob(message.request_id, message.texts))
+        return []
+
+    def _cancel(self, request_id: str) -> None:
+        self._in_flight.discard(request_id)
+        for job in self._embeddings:
+            if job.request_id == request_id:
+                self._embeddings.remove(job)
+                return
         try:
-            return self._engine.embed(message.request_id, message.texts)
-        except EngineError as error:
-            return Failed.of(message.request_id, error)
+            self._engine.cancel(request_id)
+        except Exception:
+            log.exception("cancelling request %s failed", request_id)
+
+    def _embed_next(self) -> list[Event]:
+        job = self._embeddings[0]
+        index = len(job.vectors)
+        try:
+            vector, tokens = self._engine.embed_text(job.texts[index], index)
+        except Exception as error:
+            self._embeddings.popleft()
+            return [unexpected_failure(job.request_id, "embedding", error)]
+        job.vectors.append(vector)
+        job.tokens += tokens
+        if len(job.vectors) < len(job.texts):
+            return []
+        self._embeddings.popleft()
+        return [Embedded(job.request_id, job.vectors, job.tokens)]
+
+    def _step(self) -> list[Event]:
+        try:
+            return self._engine.step()
+        except Exception as error:
+            log.exception("an engine step failed; failing the requests it was serving")
+            failed: list[Event] = [
+                unexpected_failure(rid, "generating", error) for rid in self._in_flight
+            ]
+            for request_id in list(self._in_flight):
+                self._cancel(request_id)
+            return failed
+
+    def _emit(self, events: list[Event]) -> None:
+        """Queue events for the pool, keeping count of the requests in the engine."""
+        for event in events:
+            if isinstance(event, Accepted):
+                self._in_flight.add(event.request_id)
+            elif isinstance(event, Finished | Failed):
+                self._in_flight.discard(event.request_id)
+        self._outgoing.extend(events)
 
     def _send(self, message: FromWorker) -> None:
         self._connection.sendall(encode(message))
@@ -102,7 +183,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="the model's config as JSON")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--engine-factory",
+        default=None,
+        help="module:function building the engine from a ModelConfig (tests inject faults)",
+    )
     return parser.parse_args(argv)
+
+
+def _engine_factory(spec: str | None) -> Callable[[ModelConfig], Engine]:
+    if spec is None:
+        return load_engine
+    module, _, name = spec.partition(":")
+    factory: Callable[[ModelConfig], Engine] = getattr(importlib.import_module(module), name)
+    return factory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     connection = socket.socket(fileno=args.fd)
     started = time.perf_counter()
     try:
-        engine = load_engine(config)
+        engine = _engine_factory(args.engine_factory)(config)
         engine.warmup()
     except EngineError as error:
         log.error("loading failed: %s", error.message)

@@ -48,8 +48,11 @@ class WorkerProcess:
         log_level: str = "INFO",
         log_format: LogFormat = "text",
         load_timeout_s: float = 600.0,
+        engine_factory: str | None = None,
     ) -> None:
         self.config = config
+        # module:function the worker builds its engine with (tests inject faults this way).
+        self._engine_factory = engine_factory
         self._log_level = log_level
         self._log_format = log_format
         self._load_timeout_s = load_timeout_s
@@ -71,19 +74,16 @@ class WorkerProcess:
     async def start(self) -> EngineInfo:
         """Spawn the worker and wait until its model is loaded and warm."""
         parent_end, child_end = socket.socketpair()
+        arguments = ["--fd", str(child_end.fileno()), "--config", self.config.model_dump_json()]
+        arguments += ["--log-level", self._log_level, "--log-format", self._log_format]
+        if self._engine_factory is not None:
+            arguments += ["--engine-factory", self._engine_factory]
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "engines.worker",
-                "--fd",
-                str(child_end.fileno()),
-                "--config",
-                self.config.model_dump_json(),
-                "--log-level",
-                self._log_level,
-                "--log-format",
-                self._log_format,
+                *arguments,
                 pass_fds=(child_end.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 # Its own session: a terminal's Ctrl+C reaches the server, which then drains
@@ -146,11 +146,16 @@ class WorkerProcess:
             raise WorkerCrashedError(f"the worker for {self.config.name!r} is not running")
         queue: asyncio.Queue[Event] = asyncio.Queue()
         self._streams[request_id] = queue
+        answered = False
         try:
             self._send(Embed(request_id, texts))
-            return await queue.get()
+            event = await queue.get()
+            answered = True
+            return event
         finally:
             self._streams.pop(request_id, None)
+            if not answered and self._alive:  # the client left: drop the rest of the inputs
+                self._send(Cancel(request_id))
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the worker to exit, and kill it if it does not within `timeout_s`."""

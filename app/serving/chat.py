@@ -48,6 +48,7 @@ from app.serving.sse import ChunkRenderer
 from app.serving.tool_calls import (
     ToolCallStream,
     ToolPlan,
+    forced_calls,
     parse_tool_calls,
     plan_tools,
     tool_call_deltas,
@@ -218,6 +219,7 @@ class _ChoiceStream:
     index: int
     mode: Literal["content", "forced", "undecided", "held"]
     tool_names: frozenset[str]
+    forced_name: str | None = None
     calls: ToolCallStream = field(default_factory=ToolCallStream)
     held: str = ""
     sent: list[str] = field(default_factory=list)  # for the log
@@ -260,7 +262,11 @@ class _ChoiceStream:
     def finish(self, finished: Finished, chunks: ChunkRenderer) -> list[bytes]:
         rendered = self.text(finished.text, chunks)
         reason: str = finished.finish_reason
-        if self.mode == "forced" and self.calls.started and reason == "stop":
+        if self.mode == "forced" and reason == "length":
+            # Cut off by max_tokens: still a tool call, its arguments as far as they got.
+            if deltas := self.calls.cut_off(self.forced_name):
+                rendered.append(self._calls(deltas, chunks))
+        elif self.mode == "forced" and self.calls.started and reason == "stop":
             reason = "tool_calls"
         elif self.mode in ("held", "undecided") and self.held:
             held, self.held = self.held, ""
@@ -364,19 +370,22 @@ class ChatServing:
             text, done = "".join(texts[index]), finished[index]
             self._log_finished(request_id, body, done, text)
             calls = []
-            if tools.mode != "none" and done.finish_reason == "stop":
+            if tools.mode == "forced":
+                calls = forced_calls(text, tools)
+            elif tools.mode == "auto" and done.finish_reason == "stop":
                 calls = parse_tool_calls(text, tools.names)
             message = (
                 AssistantMessage(content=None, tool_calls=calls)
                 if calls
                 else AssistantMessage(content=text)
             )
+            reason = done.finish_reason
             results.append(
                 ChatCompletionChoice(
                     index=index,
                     message=message,
                     logprobs=ChoiceLogprobs(content=logprobs[index]) if body.logprobs else None,
-                    finish_reason="tool_calls" if calls else done.finish_reason,
+                    finish_reason="tool_calls" if calls and reason == "stop" else reason,
                 )
             )
         usage = _usage([finished[index] for index in range(choices)])
@@ -397,7 +406,10 @@ class ChatServing:
             "auto": "undecided",
             "forced": "forced",
         }[tools.mode]  # type: ignore[assignment]
-        streams = [_ChoiceStream(index, mode, tools.names) for index in range(body.n or 1)]
+        streams = [
+            _ChoiceStream(index, mode, tools.names, tools.forced_name)
+            for index in range(body.n or 1)
+        ]
         finished: dict[int, Finished] = {}
 
         def render(index: int, event: Event) -> list[bytes]:

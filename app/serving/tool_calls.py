@@ -58,6 +58,8 @@ class ToolPlan:
     tools: tuple[dict[str, Any], ...] = ()
     names: frozenset[str] = frozenset()
     constraint: JsonConstraint | None = None
+    # The one function a forced call can name (a named tool_choice, or a single tool).
+    forced_name: str | None = None
 
 
 def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
@@ -78,9 +80,8 @@ def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
     if choice in (None, "auto"):
         return ToolPlan("auto", definitions, names)
     if choice == "required":
-        schema = (
-            next(iter(schemas.values())) if len(schemas) == 1 else {"anyOf": list(schemas.values())}
-        )
+        forced_name = next(iter(names)) if len(names) == 1 else None
+        schema = schemas[forced_name] if forced_name else {"anyOf": list(schemas.values())}
     else:
         assert not isinstance(choice, str)
         if choice.function.name not in names:
@@ -90,8 +91,9 @@ def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
                 param="tool_choice",
                 code="invalid_value",
             )
-        schema = schemas[choice.function.name]
-    return ToolPlan("forced", definitions, names, JsonConstraint(json.dumps(schema)))
+        forced_name = choice.function.name
+        schema = schemas[forced_name]
+    return ToolPlan("forced", definitions, names, JsonConstraint(json.dumps(schema)), forced_name)
 
 
 def _call_from(data: Any, names: frozenset[str]) -> ToolCall | None:
@@ -130,6 +132,20 @@ def parse_tool_calls(text: str, names: frozenset[str]) -> list[ToolCall]:
     return calls
 
 
+def forced_calls(text: str, plan: ToolPlan) -> list[ToolCall]:
+    """The call in the output of a forced tool call, also when max_tokens cut it off: then its
+    arguments are the JSON generated so far (finish_reason "length" tells the client)."""
+    if calls := parse_tool_calls(text, plan.names):
+        return calls
+    stream = ToolCallStream()
+    deltas = stream.feed(text) + stream.cut_off(plan.forced_name)
+    if not deltas or deltas[0].function is None or deltas[0].function.name is None:
+        return []
+    arguments = "".join(d.function.arguments or "" for d in deltas if d.function is not None)
+    name = deltas[0].function.name
+    return [ToolCall(id=stream.call_id, function=FunctionCall(name=name, arguments=arguments))]
+
+
 @dataclass
 class ToolCallStream:
     """Turns the text of one forced call, as it arrives, into OpenAI tool-call deltas."""
@@ -138,30 +154,54 @@ class ToolCallStream:
     header_sent: bool = False
     held: str = ""  # a possible closing brace of the outer object, and trailing space
     call_id: str = field(default_factory=new_call_id)
+    seen: str = ""  # everything fed, to tell a complete call from a cut-off one
+    arguments_sent: bool = False
+
+    def cut_off(self, forced_name: str | None) -> list[ToolCallDelta]:
+        """What is left to send when generation stopped early (max_tokens): the header, if
+        its name never completed but only one function can be meant, and the held tail,
+        which belongs to the arguments unless the call is complete."""
+        deltas: list[ToolCallDelta] = []
+        if not self.header_sent:
+            if forced_name is None:
+                return deltas
+            self.header_sent = True
+            deltas.append(self._header(forced_name))
+        try:
+            json.loads(self.seen)
+        except ValueError:
+            if self.held:
+                deltas.append(ToolCallDelta(index=0, function=FunctionDelta(arguments=self.held)))
+        self.held = ""
+        return deltas
+
+    def _header(self, name: str) -> ToolCallDelta:
+        return ToolCallDelta(
+            index=0,
+            id=self.call_id,
+            type="function",
+            function=FunctionDelta(name=name, arguments=""),
+        )
 
     def feed(self, text: str) -> list[ToolCallDelta]:
+        self.seen += text
         deltas: list[ToolCallDelta] = []
         if not self.header_sent:
             self.buffer += text
             match = _CALL_HEADER.match(self.buffer)
             if match is None:
                 return deltas
-            name = json.loads(f'"{match.group(1)}"')
-            deltas.append(
-                ToolCallDelta(
-                    index=0,
-                    id=self.call_id,
-                    type="function",
-                    function=FunctionDelta(name=name, arguments=""),
-                )
-            )
+            deltas.append(self._header(json.loads(f'"{match.group(1)}"')))
             self.header_sent = True
             text = self.buffer[match.end() :]
         pending = self.held + text
+        if not self.arguments_sent:
+            pending = pending.lstrip()  # the space after "arguments": is no part of them
         tail = _HELD_TAIL.search(pending)
         cut = tail.start() if tail else len(pending)
         self.held = pending[cut:]
         if pending[:cut]:
+            self.arguments_sent = True
             deltas.append(ToolCallDelta(index=0, function=FunctionDelta(arguments=pending[:cut])))
         return deltas
 

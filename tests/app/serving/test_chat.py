@@ -199,6 +199,34 @@ async def test_malformed_json_is_400(server: FakeServer) -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (rb'{"messages": [{"role": "user", "content": "hi \ud800 there"}]}', "messages[0].content"),
+        (rb'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\udfff"]}', "stop[0]"),
+        (
+            rb'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]}',
+            "messages[0].content[0].text",
+        ),
+        (rb'{"messages": [{"role": "user", "content": "hi"}], "user": "\ud83d"}', "user"),
+        # A key that is no text is named with its surrogate escaped (the name must print).
+        (rb'{"messages": [{"role": "user", "content": "hi"}], "x\ud800": 1}', r"x\ud800"),
+    ],
+)
+async def test_text_that_is_not_unicode_is_400_naming_the_field(
+    server: FakeServer, body: bytes, param: str
+) -> None:
+    """JSON can escape lone UTF-16 surrogates; they are no text, and no tokenizer sees them."""
+    body = body.replace(b"{", b'{"model": "' + FAKE_MODEL.encode() + b'", ', 1)
+    response = await server.client.post(
+        URL, content=body, headers={"content-type": "application/json"}
+    )
+    error = assert_error(response, 400)
+    assert error["param"] == param
+    assert "not valid Unicode" in error["message"]
+    assert server.worker().submitted == [], "refused before reaching the engine"
+
+
+@pytest.mark.parametrize(
     ("fields", "param"),
     [
         ({"functions": [{"name": "f"}]}, "functions"),

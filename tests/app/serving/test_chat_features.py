@@ -91,6 +91,33 @@ async def test_forced_tool_call_streams_like_openai(server: FakeServer) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("max_tokens", "arguments"),
+    # The fake says three characters per token: 14 tokens end inside the arguments, 10 inside
+    # the header (the name is still known: only one function can be meant).
+    [(14, '{"cit'), (10, "")],
+)
+async def test_a_forced_call_cut_off_by_max_tokens_is_still_a_tool_call(
+    server: FakeServer, stream: bool, max_tokens: int, arguments: str
+) -> None:
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    body = chat(SAY + CALL_TEXT, tools=[WEATHER, TIME], tool_choice=choice, max_tokens=max_tokens)
+    response = await server.client.post(URL, json={**body, "stream": stream})
+    if stream:
+        chunks = sse_chunks(response.text)
+        [call] = tool_calls_from_stream(chunks)
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert all("content" not in c["choices"][0]["delta"] for c in chunks[1:])
+    else:
+        [result] = response.json()["choices"]
+        assert result["finish_reason"] == "length"
+        assert result["message"]["content"] is None
+        [call] = result["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": arguments}
+    assert call["id"].startswith("call_")
+
+
+@pytest.mark.parametrize("stream", [False, True])
 async def test_auto_answers_text_or_calls(server: FakeServer, stream: bool) -> None:
     async def ask(said: str) -> tuple[str | None, list[dict[str, Any]], str]:
         body = chat(SAY + said, tools=[WEATHER, TIME], stream=stream)
