@@ -54,7 +54,7 @@ def build_app(
         app.state.pool = pool
         app.state.chat_serving = ChatServing(pool, metrics, settings)
         app.state.completion_serving = CompletionServing(pool, metrics, settings)
-        app.state.embedding_serving = EmbeddingServing(pool)
+        app.state.embedding_serving = EmbeddingServing(pool, metrics)
         app.state.started_at = int(time.time())
         await pool.start()
         announce = asyncio.create_task(_announce_ready(pool))

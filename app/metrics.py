@@ -272,6 +272,15 @@ class RequestTracker:
         metrics.request_success.labels(*labels, first.finish_reason).inc()
         self._done = True
 
+    def embedded(self, prompt_tokens: int) -> None:
+        """An embedding request ended: its inputs count as prompt tokens, like a prefill."""
+        metrics, labels = self._metrics, self._model_labels()
+        metrics.e2e_latency.labels(*labels).observe(time.monotonic() - self._arrived)
+        metrics.prompt_tokens_per_request.labels(*labels).observe(prompt_tokens)
+        metrics.prompt_tokens.labels(*labels).inc(prompt_tokens)
+        metrics.request_success.labels(*labels, "stop").inc()
+        self._done = True
+
     def failed(self, code: str | None) -> None:
         """The request ended with an error (before or during generation)."""
         if not self._done:

@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import Request, Response
 
 from app.errors import OpenAIError
+from app.metrics import ServerMetrics
 from app.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from app.serving.disconnect import ClientDisconnected, until_disconnected
 from app.serving.generation import CLIENT_CLOSED_REQUEST, unsupported
@@ -36,10 +37,13 @@ def _encoded(vector: list[float], encoding: str) -> list[float] | str:
 
 
 class EmbeddingServing:
-    def __init__(self, pool: EnginePool) -> None:
+    def __init__(self, pool: EnginePool, metrics: ServerMetrics) -> None:
         self._pool = pool
+        self._metrics = metrics
 
     async def create(self, body: EmbeddingRequest, raw_request: Request) -> Response:
+        # On request.state so the error handlers count a failure through it, exactly once.
+        tracker = raw_request.state.tracker = self._metrics.track(body.model)
         texts = _texts(body)
         request_id = f"embd-{uuid.uuid4().hex}"
         try:
@@ -47,6 +51,7 @@ class EmbeddingServing:
                 raw_request, self._pool.embed(body.model, request_id, texts)
             )
         except ClientDisconnected:
+            tracker.aborted()
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         width = len(result.vectors[0])
         if body.dimensions is not None and body.dimensions != width:
@@ -64,5 +69,6 @@ class EmbeddingServing:
         usage = EmbeddingUsage(
             prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens
         )
+        tracker.embedded(result.prompt_tokens)
         answer = EmbeddingList(data=data, model=body.model, usage=usage)
         return Response(answer.model_dump_json(), media_type="application/json")

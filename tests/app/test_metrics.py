@@ -59,3 +59,17 @@ async def test_pool_state_is_exported(server: FakeServer) -> None:
     assert value(text, "slmserve_queue_capacity", model=FAKE_MODEL) == 16
     assert value(text, "slmserve_model_state", model=FAKE_MODEL, state="ready") == 1
     assert value(text, "slmserve_model_load_duration_seconds_count", model=FAKE_MODEL) == 1
+
+
+async def test_embedding_inputs_count_as_prompt_tokens(server: FakeServer) -> None:
+    body = {"model": FAKE_MODEL, "input": ["a b c", "d e"]}
+    response = await server.client.post("/v1/embeddings", json=body)
+    assert response.status_code == 200
+    tokens = response.json()["usage"]["prompt_tokens"]
+    assert tokens > 0
+    await server.client.post("/v1/embeddings", json={**body, "dimensions": 10**6})
+    text = await scrape(server)
+    assert value(text, "slmserve_prompt_tokens_total", model=FAKE_MODEL) == tokens
+    assert value(text, "slmserve_request_success_total", model=FAKE_MODEL) == 1
+    errors = "slmserve_request_errors_total"
+    assert value(text, errors, model=FAKE_MODEL, code="unsupported_parameter") == 1
