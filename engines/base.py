@@ -44,6 +44,8 @@ class JsonConstraint:
     """Generate one JSON document: any object (no schema), or one valid against `schema`."""
 
     schema: str | None = None
+    # The request field the schema came from, named when it cannot be used.
+    param: str = "response_format"
 
 
 @dataclass(frozen=True, slots=True)

@@ -286,11 +286,14 @@ class GGUFEngine(Engine):
         if constraint.schema is None:
             grammar = json_object_grammar()
         else:
-            grammar = json_schema_grammar(json.dumps(constraint_schema(constraint)))
+            try:
+                grammar = json_schema_grammar(json.dumps(constraint_schema(constraint)))
+            except InvalidRequestError as error:  # name the field the schema came from
+                raise InvalidRequestError(error.message, param=constraint.param) from error
         sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
         if not sampler:
             raise InvalidRequestError(
-                "the JSON schema gave a grammar llama.cpp cannot use", param="response_format"
+                "the JSON schema gave a grammar llama.cpp cannot use", param=constraint.param
             )
         llama_cpp.llama_sampler_free(sampler)
         return grammar

@@ -18,7 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engines.base import Accepted, Engine, EngineInfo, Event, Failed, GenerationRequest
+from engines.base import (
+    Accepted,
+    Engine,
+    EngineInfo,
+    Event,
+    Failed,
+    GenerationRequest,
+    JsonConstraint,
+)
 from engines.config import ModelConfig
 from engines.cpus import cpu_quota
 from engines.errors import EngineError, InvalidRequestError, ModelLoadError
@@ -206,8 +214,12 @@ class OnnxEngine(Engine):
 
     # -- requests ------------------------------------------------------------------------
 
-    def _check_guidance(self, schema: str) -> None:
+    def _check_guidance(self, constraint: JsonConstraint) -> None:
         """og compiles a grammar when a generator is made: try a tiny one, once per schema."""
+        try:
+            schema = guidance_schema(constraint)
+        except InvalidRequestError as error:  # name the field the schema came from
+            raise InvalidRequestError(error.message, param=constraint.param) from error
         if schema in self._valid_guidance:
             return
         params = og.GeneratorParams(self._model)
@@ -217,7 +229,7 @@ class OnnxEngine(Engine):
             og.Generator(self._model, params)
         except RuntimeError as error:  # nothing but the grammar can fail on so small a generator
             raise InvalidRequestError(
-                f"the JSON schema cannot be used: {error}", param="response_format"
+                f"the JSON schema cannot be used: {error}", param=constraint.param
             ) from error
         self._valid_guidance.add(schema)
 
@@ -227,7 +239,7 @@ class OnnxEngine(Engine):
             self._scheduler.check(request, sampling)
             sequence = self._prompts.sequence(request)
             if request.constraint is not None:
-                self._check_guidance(guidance_schema(request.constraint))
+                self._check_guidance(request.constraint)
         except EngineError as error:
             return Failed.of(request.request_id, error)
         self._scheduler.add(sequence, sampling)

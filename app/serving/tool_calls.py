@@ -38,16 +38,61 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _call_schema(name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
+_DEFINITIONS = ("$defs", "definitions")
+
+
+def _renamed_refs(schema: Any, renames: dict[str, str]) -> Any:
+    if isinstance(schema, list):
+        return [_renamed_refs(item, renames) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
     return {
+        key: renames.get(value, value) if key == "$ref" else _renamed_refs(value, renames)
+        for key, value in schema.items()
+    }
+
+
+def _call_schema(name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """The schema of one call, `{"name": <name>, "arguments": <parameters>}`.
+
+    The parameters' `$defs` (pydantic writes nested models there) move to the root, where their
+    `#/$defs/...` references point; they are prefixed with the function's name so that several
+    tools' definitions never collide."""
+    arguments = dict(parameters or {"type": "object"})
+    definitions: dict[str, Any] = {}
+    renames: dict[str, str] = {}
+    for keyword in _DEFINITIONS:
+        for key, definition in (arguments.pop(keyword, None) or {}).items():
+            renamed = f"{name}.{key}"
+            definitions[renamed] = definition
+            renames[f"#/{keyword}/{key}"] = f"#/$defs/{renamed}"
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {
             "name": {"const": name},
-            "arguments": parameters or {"type": "object"},
+            "arguments": _renamed_refs(arguments, renames),
         },
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
+    if definitions:
+        schema["$defs"] = _renamed_refs(definitions, renames)
+    return schema
+
+
+def _forced_schema(schemas: list[dict[str, Any]]) -> dict[str, Any]:
+    """One call schema, or any of several (their definitions gathered at the root)."""
+    if len(schemas) == 1:
+        return schemas[0]
+    definitions: dict[str, Any] = {}
+    branches = []
+    for schema in schemas:
+        definitions.update(schema.get("$defs", {}))
+        branches.append({key: value for key, value in schema.items() if key != "$defs"})
+    combined: dict[str, Any] = {"anyOf": branches}
+    if definitions:
+        combined["$defs"] = definitions
+    return combined
 
 
 @dataclass(frozen=True)
@@ -81,7 +126,7 @@ def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
         return ToolPlan("auto", definitions, names)
     if choice == "required":
         forced_name = next(iter(names)) if len(names) == 1 else None
-        schema = schemas[forced_name] if forced_name else {"anyOf": list(schemas.values())}
+        schema = _forced_schema(list(schemas.values()))
     else:
         assert not isinstance(choice, str)
         if choice.function.name not in names:
@@ -93,7 +138,9 @@ def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
             )
         forced_name = choice.function.name
         schema = schemas[forced_name]
-    return ToolPlan("forced", definitions, names, JsonConstraint(json.dumps(schema)), forced_name)
+    return ToolPlan(
+        "forced", definitions, names, JsonConstraint(json.dumps(schema), param="tools"), forced_name
+    )
 
 
 def _call_from(data: Any, names: frozenset[str]) -> ToolCall | None:

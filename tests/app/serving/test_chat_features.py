@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jsonschema
 import pytest
 
 from tests.app.conftest import FAKE_MODEL, FakeServer
@@ -278,3 +279,33 @@ async def test_logprobs(server: FakeServer, stream: bool) -> None:
         assert [t["token"] for t in entry["top_logprobs"]] == ["t0", "t1"]
     plain = (await server.client.post(URL, json=chat("a b c"))).json()
     assert plain["choices"][0]["logprobs"] is None
+
+
+async def test_forced_call_schema_keeps_the_parameters_definitions_reachable(
+    server: FakeServer,
+) -> None:
+    """pydantic puts nested models in the parameters' $defs; once the parameters sit inside
+    the call schema, those definitions must move to its root, where `#/$defs/...` points."""
+    person = {
+        "type": "function",
+        "function": {
+            "name": "save",
+            "parameters": {
+                "$defs": {"Role": {"enum": ["admin", "user"], "type": "string"}},
+                "properties": {"role": {"$ref": "#/$defs/Role"}},
+                "required": ["role"],
+                "type": "object",
+            },
+        },
+    }
+    body = chat(SAY + '{"name": "save", "arguments": {"role": "admin"}}')
+    for choice in ("required", {"type": "function", "function": {"name": "save"}}):
+        fields = {"tools": [person, WEATHER], "tool_choice": choice}
+        await server.client.post(URL, json={**body, **fields})
+        constraint = server.worker().submitted[-1].constraint
+        assert constraint is not None
+        assert constraint.param == "tools"
+        schema = json.loads(constraint.schema or "{}")
+        jsonschema.validate({"name": "save", "arguments": {"role": "admin"}}, schema)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"name": "save", "arguments": {"role": "root"}}, schema)
