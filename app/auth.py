@@ -149,7 +149,7 @@ class ApiKeyMiddleware:
             await self._app(scope, receive, send)
             return
         if path.startswith("/v1/"):
-            scope["app"].state.metrics.count_error("", error.detail.code)
+            scope["app"].state.metrics.count_error("", error.detail.code, path)
         await error.response()(scope, receive, send)
 
     def _api_refusal(self, authorization: str) -> OpenAIError | None:

@@ -149,7 +149,7 @@ def _respond(request: Request, error: OpenAIError) -> JSONResponse:
     if tracker is not None:
         tracker.failed(error.detail.code)
     elif request.url.path.startswith("/v1/"):
-        request.app.state.metrics.count_error("", error.detail.code)
+        request.app.state.metrics.count_error("", error.detail.code, request.url.path)
     return error.response()
 
 

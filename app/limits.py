@@ -32,7 +32,7 @@ class BodySizeLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
             error = http_error(413, _message(self._max_bytes))
             if scope["path"].startswith("/v1/"):
-                scope["app"].state.metrics.count_error("", error.detail.code)
+                scope["app"].state.metrics.count_error("", error.detail.code, scope["path"])
             await error.response()(scope, receive, send)
             return
         received = 0

@@ -19,6 +19,7 @@ from app.metrics import ServerMetrics
 from app.routes import admin, chat, completions, embeddings, health, metrics_route, models
 from app.serving.chat import ChatServing
 from app.serving.completions import CompletionServing
+from app.serving.core import ServingCore
 from app.serving.embeddings import EmbeddingServing
 from app.settings import ServerSettings
 from engines.config import ModelsFile
@@ -52,9 +53,10 @@ def build_app(
         metrics.watch_pool(pool.statuses)
         app.state.metrics = metrics
         app.state.pool = pool
-        app.state.chat_serving = ChatServing(pool, metrics, settings)
-        app.state.completion_serving = CompletionServing(pool, metrics, settings)
-        app.state.embedding_serving = EmbeddingServing(pool, metrics)
+        core = ServingCore(pool, metrics, settings)
+        app.state.chat_serving = ChatServing(core)
+        app.state.completion_serving = CompletionServing(core)
+        app.state.embedding_serving = EmbeddingServing(core)
         app.state.started_at = int(time.time())
         await pool.start()
         announce = asyncio.create_task(_announce_ready(pool))

@@ -26,6 +26,21 @@ from engines.pool import ModelState, ModelStatus
 
 MODEL_LABELS = ("model", "engine", "provider")
 UNKNOWN = "none"  # label value for requests that name no configured model (bounded cardinality)
+# The API family a route belongs to (the `api` label of request outcomes), by path prefix.
+API_PATHS = (
+    ("/v1/chat/completions", "chat_completions"),
+    ("/v1/completions", "completions"),
+    ("/v1/embeddings", "embeddings"),
+    ("/v1/responses", "responses"),
+    ("/v1/messages", "anthropic_messages"),
+    ("/api/", "ollama"),
+)
+
+
+def api_of(path: str) -> str:
+    """The `api` label of a request path (bounded: unknown paths are "other")."""
+    return next((api for prefix, api in API_PATHS if path.startswith(prefix)), "other")
+
 
 # vLLM's buckets; inter-token latency gets finer low buckets since small models on CPUs and
 # GPUs produce tokens every few milliseconds.
@@ -155,14 +170,15 @@ class ServerMetrics:
         )
         self.request_success = Counter(
             "slmserve_request_success",
-            "Requests that ended normally, by finish reason (stop, length, abort: client left).",
-            (*labels, "finished_reason"),
+            "Requests that ended normally, by API and finish reason (stop, length, abort: "
+            "client left).",
+            (*labels, "api", "finished_reason"),
             registry=self.registry,
         )
         self.request_errors = Counter(
             "slmserve_request_errors",
-            "Requests answered with an error, by OpenAI error code.",
-            (*labels, "code"),
+            "Requests answered with an error, by API and OpenAI error code.",
+            (*labels, "api", "code"),
             registry=self.registry,
         )
         self.load_duration = histogram(
@@ -187,11 +203,13 @@ class ServerMetrics:
             labels = (status.name, status.engine, status.provider)
             self.load_duration.labels(*labels).observe(status.load_seconds)
 
-    def count_error(self, model: str, code: str | None) -> None:
-        self.request_errors.labels(*self.labels_for(model), code or "unknown").inc()
+    def count_error(self, model: str, code: str | None, path: str) -> None:
+        self.request_errors.labels(*self.labels_for(model), api_of(path), code or "unknown").inc()
 
-    def track(self, model: str, choices: int = 1, choices_per_prompt: int = 1) -> RequestTracker:
-        return RequestTracker(self, model, choices, choices_per_prompt)
+    def track(
+        self, model: str, api: str, choices: int = 1, choices_per_prompt: int = 1
+    ) -> RequestTracker:
+        return RequestTracker(self, model, api, choices, choices_per_prompt)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -205,10 +223,16 @@ class RequestTracker:
     """
 
     def __init__(
-        self, metrics: ServerMetrics, model: str, choices: int = 1, choices_per_prompt: int = 1
+        self,
+        metrics: ServerMetrics,
+        model: str,
+        api: str,
+        choices: int = 1,
+        choices_per_prompt: int = 1,
     ) -> None:
         self._metrics = metrics
         self._model = model
+        self._api = api
         self._choices = choices
         self._choices_per_prompt = choices_per_prompt
         self._arrived = time.monotonic()
@@ -269,8 +293,12 @@ class RequestTracker:
         metrics.generation_tokens_per_request.labels(*labels).observe(generated)
         metrics.prompt_tokens.labels(*labels).inc(prompt)
         metrics.generation_tokens.labels(*labels).inc(generated)
-        metrics.request_success.labels(*labels, first.finish_reason).inc()
+        metrics.request_success.labels(*labels, self._api, first.finish_reason).inc()
         self._done = True
+
+    def expect(self, choices: int, choices_per_prompt: int) -> None:
+        """How many choices the request turned out to have (known once it is planned)."""
+        self._choices, self._choices_per_prompt = choices, choices_per_prompt
 
     def embedded(self, prompt_tokens: int) -> None:
         """An embedding request ended: its inputs count as prompt tokens, like a prefill."""
@@ -278,21 +306,23 @@ class RequestTracker:
         metrics.e2e_latency.labels(*labels).observe(time.monotonic() - self._arrived)
         metrics.prompt_tokens_per_request.labels(*labels).observe(prompt_tokens)
         metrics.prompt_tokens.labels(*labels).inc(prompt_tokens)
-        metrics.request_success.labels(*labels, "stop").inc()
+        metrics.request_success.labels(*labels, self._api, "stop").inc()
         self._done = True
 
     def failed(self, code: str | None) -> None:
         """The request ended with an error (before or during generation)."""
         if not self._done:
             self._count_partial_work()
-            self._metrics.request_errors.labels(*self._model_labels(), code or "unknown").inc()
+            labels = self._model_labels()
+            self._metrics.request_errors.labels(*labels, self._api, code or "unknown").inc()
             self._done = True
 
     def aborted(self) -> None:
         """The client left before the end."""
         if not self._done:
             self._count_partial_work()
-            self._metrics.request_success.labels(*self._model_labels(), "abort").inc()
+            labels = self._model_labels()
+            self._metrics.request_success.labels(*labels, self._api, "abort").inc()
             self._done = True
 
     def _count_partial_work(self) -> None:

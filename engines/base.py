@@ -141,7 +141,15 @@ class Embedded:
     prompt_tokens: int
 
 
-Event = Accepted | TokenEvent | Finished | Failed | Embedded
+@dataclass(slots=True)
+class Tokenized:
+    """The token ids a request's prompt becomes (counting tokens, /tokenize)."""
+
+    request_id: str
+    token_ids: list[int]
+
+
+Event = Accepted | TokenEvent | Finished | Failed | Embedded | Tokenized
 
 
 def unexpected_failure(request_id: str, during: str, error: BaseException) -> Failed:
@@ -195,6 +203,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the model's memory."""
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The token ids `request`'s prompt becomes, exactly as generation would see them."""
+        raise InvalidRequestError(f"{self.info.engine} models cannot tokenize", param="model")
 
     def embed_text(self, text: str, index: int) -> tuple[list[float], int]:
         """The mean-pooled, L2-normalised embedding of input `index` and its token count;

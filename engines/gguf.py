@@ -298,6 +298,9 @@ class GGUFEngine(Engine):
         llama_cpp.llama_sampler_free(sampler)
         return grammar
 
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        return self._prompts.prompt_ids(request)
+
     def submit(self, request: GenerationRequest) -> Event:
         try:
             sequence = self._prompts.sequence(request)

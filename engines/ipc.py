@@ -35,6 +35,11 @@ class Embed:
 
 
 @dataclass(slots=True)
+class Tokenize:
+    request: GenerationRequest
+
+
+@dataclass(slots=True)
 class Shutdown:
     pass
 
@@ -56,7 +61,7 @@ class Events:
     events: list[Event]
 
 
-ToWorker = Submit | Cancel | Embed | Shutdown
+ToWorker = Submit | Cancel | Embed | Tokenize | Shutdown
 FromWorker = Loaded | LoadFailed | Events
 
 

@@ -233,6 +233,9 @@ class OnnxEngine(Engine):
             ) from error
         self._valid_guidance.add(schema)
 
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        return self._prompts.prompt_ids(request)
+
     def submit(self, request: GenerationRequest) -> Event:
         sampling = request.sampling.over(self._defaults)
         try:

@@ -23,7 +23,7 @@ from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Any, Protocol
 
 from engines.admission import AdmissionPlan, LoadedModel, Verdict, plan_admission
-from engines.base import Embedded, EngineInfo, Event, Failed, GenerationRequest
+from engines.base import Embedded, EngineInfo, Event, Failed, GenerationRequest, Tokenized
 from engines.config import ModelConfig, PoolConfig
 from engines.errors import (
     EngineError,
@@ -58,6 +58,8 @@ class Worker(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]: ...
 
     async def embed(self, request_id: str, texts: tuple[str, ...]) -> Event: ...
+
+    async def tokenize(self, request: GenerationRequest) -> Event: ...
 
     async def stop(self, timeout_s: float = 10.0) -> None: ...
 
@@ -177,6 +179,19 @@ class EnginePool:
                     if isinstance(event, Failed):
                         raise event.to_error()
                     yield event
+
+    async def tokenize(self, name: str, request: GenerationRequest) -> list[int]:
+        """The token ids `request`'s prompt becomes on model `name` (no slot needed: the worker
+        answers between two steps)."""
+        entry = self._entry(name)
+        if self._closing or self._draining:
+            raise ServerShuttingDownError("the server is shutting down; retry on another replica")
+        worker = await self._ready_worker(entry)
+        result = await worker.tokenize(request)
+        if isinstance(result, Failed):
+            raise result.to_error()
+        assert isinstance(result, Tokenized), "a worker answers Tokenize with Tokenized or Failed"
+        return result.token_ids
 
     async def embed(self, name: str, request_id: str, texts: tuple[str, ...]) -> Embedded:
         """Embeddings of `texts` by model `name`, holding one of its slots meanwhile."""

@@ -26,6 +26,7 @@ from engines.base import (
     Event,
     Failed,
     Finished,
+    Tokenized,
     unexpected_failure,
 )
 from engines.config import ModelConfig
@@ -40,6 +41,7 @@ from engines.ipc import (
     LoadFailed,
     Shutdown,
     Submit,
+    Tokenize,
     ToWorker,
     encode,
 )
@@ -112,6 +114,12 @@ class WorkerLoop:
             self._cancel(message.request_id)
         elif isinstance(message, Embed):
             self._embeddings.append(_EmbeddingJob(message.request_id, message.texts))
+        elif isinstance(message, Tokenize):
+            request_id = message.request.request_id
+            try:
+                return [Tokenized(request_id, self._engine.prompt_ids(message.request))]
+            except Exception as error:
+                return [unexpected_failure(request_id, "tokenizing", error)]
         return []
 
     def _cancel(self, request_id: str) -> None:

@@ -29,6 +29,7 @@ from engines.ipc import (
     LoadFailed,
     Shutdown,
     Submit,
+    Tokenize,
     ToWorker,
     encode,
     read_message,
@@ -142,19 +143,27 @@ class WorkerProcess:
 
     async def embed(self, request_id: str, texts: tuple[str, ...]) -> Event:
         """The worker's answer to an embedding request: Embedded or Failed."""
+        return await self._ask(request_id, Embed(request_id, texts))
+
+    async def tokenize(self, request: GenerationRequest) -> Event:
+        """The worker's answer to a tokenize request: Tokenized or Failed."""
+        return await self._ask(request.request_id, Tokenize(request))
+
+    async def _ask(self, request_id: str, message: ToWorker) -> Event:
+        """Send one message and wait for the one event that answers it."""
         if not self._alive:
             raise WorkerCrashedError(f"the worker for {self.config.name!r} is not running")
         queue: asyncio.Queue[Event] = asyncio.Queue()
         self._streams[request_id] = queue
         answered = False
         try:
-            self._send(Embed(request_id, texts))
+            self._send(message)
             event = await queue.get()
             answered = True
             return event
         finally:
             self._streams.pop(request_id, None)
-            if not answered and self._alive:  # the client left: drop the rest of the inputs
+            if not answered and self._alive:  # the client left: drop the rest of the work
                 self._send(Cancel(request_id))
 
     async def stop(self, timeout_s: float = 10.0) -> None:

@@ -24,6 +24,7 @@ from engines.base import (
     Failed,
     Finished,
     GenerationRequest,
+    Tokenized,
     TokenLogprob,
 )
 from engines.config import ModelConfig
@@ -190,6 +191,12 @@ class InProcessWorker:
             return self.engine.embed(request_id, texts)
         except EngineError as error:
             return Failed.of(request_id, error)
+
+    async def tokenize(self, request: GenerationRequest) -> Event:
+        """One token per word of the prompt, as the fake engine counts them."""
+        assert self.engine is not None
+        words = self.engine.prompt_words(request)
+        return Tokenized(request.request_id, list(range(len(words))))
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         if self._driver is not None:

@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fastapi import Request, Response
-from sse_starlette import EventSourceResponse
 
 from app.errors import OpenAIError
-from app.metrics import ServerMetrics
 from app.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -28,20 +26,14 @@ from app.protocol import (
     ToolCallDelta,
     Usage,
 )
-from app.serving.disconnect import ClientDisconnected, until_disconnected
+from app.serving.core import ServingCore
 from app.serving.generation import (
-    CLIENT_CLOSED_REQUEST,
-    SSE_PING_SECONDS,
     ChoiceEvent,
     check_max_tokens,
     choices_of,
-    generate_choices,
     logit_bias_from,
-    observed,
     sampling_from,
-    sse_stream,
     unsupported,
-    until_all_accepted,
 )
 from app.serving.logprobs import chat_logprob
 from app.serving.sse import ChunkRenderer
@@ -55,7 +47,6 @@ from app.serving.tool_calls import (
 )
 from app.settings import ServerSettings
 from engines.base import Event, Finished, GenerationRequest, JsonConstraint, Message, TokenEvent
-from engines.pool import EnginePool
 
 log = logging.getLogger("slmserve.chat")
 
@@ -285,12 +276,11 @@ class _ChoiceStream:
 
 
 class ChatServing:
-    """Serves /v1/chat/completions on top of the engine pool."""
+    """Serves /v1/chat/completions on top of the serving core."""
 
-    def __init__(self, pool: EnginePool, metrics: ServerMetrics, settings: ServerSettings) -> None:
-        self._pool = pool
-        self._metrics = metrics
-        self._settings = settings
+    def __init__(self, core: ServingCore) -> None:
+        self._core = core
+        self._settings = core.settings
 
     def _log_finished(
         self, request_id: str, body: ChatCompletionRequest, finished: Finished, text: str
@@ -317,33 +307,26 @@ class ChatServing:
         if unknown := body.unknown_fields():
             log.info("ignoring unknown request fields: %s", ", ".join(unknown))
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        choices = body.n or 1
-        # On request.state so the error handlers count a failure through it, exactly once.
-        tracker = raw_request.state.tracker = self._metrics.track(body.model, choices, choices)
+        tracker = self._core.track(raw_request, body.model, "chat_completions")
         generations, tools = plan_chat(request_id, body, self._settings)
-        events = observed(generate_choices(self._pool, body.model, generations), tracker)
-        try:
-            if body.stream:
-                # Wait for every prompt to be accepted before answering 200: a request that
-                # cannot run (unknown model, too long, full queue) gets a real HTTP error.
-                first = await until_disconnected(raw_request, until_all_accepted(events, choices))
-                chunks = self._stream(body, request_id, tools, first, events)
-                return EventSourceResponse(
-                    sse_stream(request_id, chunks, events, tracker),
-                    sep="\n",
-                    ping=SSE_PING_SECONDS,
-                )
-            completion = await until_disconnected(
-                raw_request, self._complete(body, request_id, tools, events)
-            )
-        except ClientDisconnected:
-            log.info("client left before %s finished; generation cancelled", request_id)
-            tracker.aborted()
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        except BaseException:
-            await events.aclose()
-            raise
-        return Response(completion.model_dump_json(), media_type="application/json")
+
+        async def answer(events: AsyncGenerator[ChoiceEvent, None]) -> Response:
+            completion = await self._complete(body, request_id, tools, events)
+            return Response(completion.model_dump_json(), media_type="application/json")
+
+        return await self._core.serve(
+            raw_request,
+            tracker,
+            request_id=request_id,
+            model=body.model,
+            generations=generations,
+            choices_per_prompt=len(generations),
+            stream=body.stream,
+            render_stream=lambda first, events: self._stream(
+                body, request_id, tools, first, events
+            ),
+            render_answer=answer,
+        )
 
     async def _complete(
         self,

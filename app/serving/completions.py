@@ -13,10 +13,8 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from fastapi import Request, Response
-from sse_starlette import EventSourceResponse
 
 from app.errors import OpenAIError
-from app.metrics import ServerMetrics
 from app.protocol import (
     Completion,
     CompletionChoice,
@@ -24,26 +22,19 @@ from app.protocol import (
     PromptTokensDetails,
     Usage,
 )
-from app.serving.disconnect import ClientDisconnected, until_disconnected
+from app.serving.core import ServingCore
 from app.serving.generation import (
-    CLIENT_CLOSED_REQUEST,
-    SSE_PING_SECONDS,
     ChoiceEvent,
     check_max_tokens,
     choices_of,
-    generate_choices,
     logit_bias_from,
-    observed,
     sampling_from,
-    sse_stream,
     unsupported,
-    until_all_accepted,
 )
 from app.serving.logprobs import completion_logprobs
 from app.serving.sse import event
 from app.settings import ServerSettings
 from engines.base import Finished, GenerationRequest, TokenEvent, TokenLogprob
-from engines.pool import EnginePool
 
 log = logging.getLogger("slmserve.completions")
 
@@ -105,44 +96,35 @@ def _usage(finished: dict[int, Finished], per_prompt: int) -> Usage:
 
 
 class CompletionServing:
-    """Serves /v1/completions on top of the engine pool."""
+    """Serves /v1/completions on top of the serving core."""
 
-    def __init__(self, pool: EnginePool, metrics: ServerMetrics, settings: ServerSettings) -> None:
-        self._pool = pool
-        self._metrics = metrics
-        self._settings = settings
+    def __init__(self, core: ServingCore) -> None:
+        self._core = core
 
     async def create(self, body: CompletionRequest, raw_request: Request) -> Response:
         if unknown := body.unknown_fields():
             log.info("ignoring unknown request fields: %s", ", ".join(unknown))
         request_id = f"cmpl-{uuid.uuid4().hex}"
-        per_prompt = body.n or 1
-        prompts, generations = plan_completion(request_id, body, self._settings)
-        tracker = raw_request.state.tracker = self._metrics.track(
-            body.model, len(generations), per_prompt
+        tracker = self._core.track(raw_request, body.model, "completions")
+        prompts, generations = plan_completion(request_id, body, self._core.settings)
+
+        async def answer(events: AsyncGenerator[ChoiceEvent, None]) -> Response:
+            completion = await self._complete(body, request_id, prompts, events)
+            return Response(completion.model_dump_json(), media_type="application/json")
+
+        return await self._core.serve(
+            raw_request,
+            tracker,
+            request_id=request_id,
+            model=body.model,
+            generations=generations,
+            choices_per_prompt=body.n or 1,
+            stream=body.stream,
+            render_stream=lambda first, events: self._stream(
+                body, request_id, prompts, first, events
+            ),
+            render_answer=answer,
         )
-        events = observed(generate_choices(self._pool, body.model, generations), tracker)
-        try:
-            if body.stream:
-                first = await until_disconnected(
-                    raw_request, until_all_accepted(events, len(generations))
-                )
-                chunks = self._stream(body, request_id, prompts, first, events)
-                return EventSourceResponse(
-                    sse_stream(request_id, chunks, events, tracker),
-                    sep="\n",
-                    ping=SSE_PING_SECONDS,
-                )
-            completion = await until_disconnected(
-                raw_request, self._complete(body, request_id, prompts, events)
-            )
-        except ClientDisconnected:
-            tracker.aborted()
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        except BaseException:
-            await events.aclose()
-            raise
-        return Response(completion.model_dump_json(), media_type="application/json")
 
     async def _complete(
         self,

@@ -13,11 +13,10 @@ import numpy as np
 from fastapi import Request, Response
 
 from app.errors import OpenAIError
-from app.metrics import ServerMetrics
 from app.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
+from app.serving.core import CLIENT_CLOSED_REQUEST, ServingCore
 from app.serving.disconnect import ClientDisconnected, until_disconnected
-from app.serving.generation import CLIENT_CLOSED_REQUEST, unsupported
-from engines.pool import EnginePool
+from app.serving.generation import unsupported
 
 
 def _texts(body: EmbeddingRequest) -> tuple[str, ...]:
@@ -37,13 +36,12 @@ def _encoded(vector: list[float], encoding: str) -> list[float] | str:
 
 
 class EmbeddingServing:
-    def __init__(self, pool: EnginePool, metrics: ServerMetrics) -> None:
-        self._pool = pool
-        self._metrics = metrics
+    def __init__(self, core: ServingCore) -> None:
+        self._pool = core.pool
+        self._core = core
 
     async def create(self, body: EmbeddingRequest, raw_request: Request) -> Response:
-        # On request.state so the error handlers count a failure through it, exactly once.
-        tracker = raw_request.state.tracker = self._metrics.track(body.model)
+        tracker = self._core.track(raw_request, body.model, "embeddings")
         texts = _texts(body)
         request_id = f"embd-{uuid.uuid4().hex}"
         try:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import replace
 
-from app.errors import OpenAIError, from_engine_error
+from app.errors import OpenAIError
 from app.metrics import RequestTracker
 from app.protocol import GenerationFields
-from app.serving.sse import DONE, error_event
 from app.settings import ServerSettings
 from engines.base import Accepted, Event, GenerationRequest
 from engines.errors import EngineError
@@ -26,9 +25,6 @@ from engines.sampling import SamplingParams
 log = logging.getLogger("slmserve.serving")
 
 ChoiceEvent = tuple[int, Event]
-# nginx's convention for "client closed the request"; nobody reads it, access logs show it.
-CLIENT_CLOSED_REQUEST = 499
-SSE_PING_SECONDS = 15
 
 
 def unsupported(param: str, message: str) -> OpenAIError:
@@ -147,35 +143,3 @@ async def observed(
         async for index, event in events:
             tracker.observe(event, index)
             yield index, event
-
-
-async def sse_stream(
-    request_id: str,
-    chunks: AsyncIterator[bytes],
-    events: AsyncGenerator[ChoiceEvent, None],
-    tracker: RequestTracker,
-) -> AsyncIterator[bytes]:
-    """A response stream: `chunks`, then `[DONE]`; an error becomes an error event first.
-
-    The cleanup also runs when the client disconnects and the stream is cancelled; the pool's
-    cleanup is synchronous, so slots are free before the next token.
-    """
-    try:
-        async for payload in chunks:
-            yield payload
-    except EngineError as error:
-        log.warning("stream %s failed: %s", request_id, error.message)
-        failure = from_engine_error(error)
-        tracker.failed(failure.detail.code)
-        yield error_event(failure.body())
-    except Exception:
-        log.exception("stream %s failed unexpectedly", request_id)
-        internal = OpenAIError(
-            500, "The server had an internal error.", type="server_error", code="internal_error"
-        )
-        tracker.failed(internal.detail.code)
-        yield error_event(internal.body())
-    finally:
-        tracker.aborted()  # no-op unless the stream ended early
-        await events.aclose()
-    yield DONE

@@ -73,3 +73,16 @@ async def test_embedding_inputs_count_as_prompt_tokens(server: FakeServer) -> No
     assert value(text, "slmserve_request_success_total", model=FAKE_MODEL) == 1
     errors = "slmserve_request_errors_total"
     assert value(text, errors, model=FAKE_MODEL, code="unsupported_parameter") == 1
+
+
+async def test_outcomes_carry_the_api_they_came_through(server: FakeServer) -> None:
+    await server.client.post(URL, json=chat("a b c"))
+    completion = {"model": FAKE_MODEL, "prompt": "a b", "max_tokens": 2}
+    await server.client.post("/v1/completions", json=completion)
+    await server.client.post("/v1/completions", json={**completion, "model": "gpt-4"})
+    text = await scrape(server)
+    success = "slmserve_request_success_total"
+    assert value(text, success, api="chat_completions", model=FAKE_MODEL) == 1
+    assert value(text, success, api="completions", model=FAKE_MODEL) == 1
+    errors = "slmserve_request_errors_total"
+    assert value(text, errors, api="completions", code="model_not_found") == 1

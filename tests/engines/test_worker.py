@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from engines.base import Embedded, GenerationRequest, Message, TokenEvent
+from engines.base import Accepted, Embedded, GenerationRequest, Message, TokenEvent, Tokenized
 from engines.config import ModelConfig
 from engines.sampling import SamplingParams
 from engines.worker_client import WorkerProcess
@@ -46,3 +46,24 @@ async def test_an_embedding_batch_does_not_stall_a_running_stream(
         assert tokens >= INPUTS // 2, "tokens the stream got while the batch was embedded"
     finally:
         await worker.stop()
+
+
+async def test_tokenize_counts_what_generation_sees(
+    default_model_path: Path, onnx_model_path: Path
+) -> None:
+    """Counting tokens (Anthropic's count_tokens, /tokenize) goes through the same prompt
+    building as generation, on both engines."""
+    request = GenerationRequest(
+        "count", (Message("system", "Be brief."), Message("user", "Hello there!")), max_tokens=1
+    )
+    for engine, path in (("gguf", default_model_path), ("onnx", onnx_model_path)):
+        worker = WorkerProcess(ModelConfig(name=engine, engine=engine, path=path))  # type: ignore[arg-type]
+        await worker.start()
+        try:
+            counted = await worker.tokenize(request)
+            assert isinstance(counted, Tokenized)
+            accepted = await anext(worker.generate(request))
+            assert isinstance(accepted, Accepted)
+            assert len(counted.token_ids) == accepted.prompt_tokens > 5
+        finally:
+            await worker.stop()
