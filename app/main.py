@@ -16,12 +16,25 @@ from app.auth import ApiKeyMiddleware, ApiKeys
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware
 from app.metrics import ServerMetrics
-from app.routes import admin, chat, completions, embeddings, health, metrics_route, models
+from app.routes import (
+    admin,
+    anthropic,
+    chat,
+    completions,
+    embeddings,
+    health,
+    metrics_route,
+    models,
+    responses,
+)
+from app.serving.anthropic import AnthropicServing
 from app.serving.chat import ChatServing
 from app.serving.completions import CompletionServing
 from app.serving.core import ServingCore
 from app.serving.embeddings import EmbeddingServing
+from app.serving.responses import ResponsesServing
 from app.settings import ServerSettings
+from app.store import open_response_store
 from engines.config import ModelsFile
 from engines.pool import EnginePool, WorkerFactory
 
@@ -57,6 +70,9 @@ def build_app(
         app.state.chat_serving = ChatServing(core)
         app.state.completion_serving = CompletionServing(core)
         app.state.embedding_serving = EmbeddingServing(core)
+        app.state.anthropic_serving = AnthropicServing(core)
+        store = open_response_store(settings)
+        app.state.responses_serving = ResponsesServing(core, store)
         app.state.started_at = int(time.time())
         await pool.start()
         announce = asyncio.create_task(_announce_ready(pool))
@@ -66,6 +82,7 @@ def build_app(
             announce.cancel()
             log.info("stopping model workers")
             await pool.close()
+            store.close()
 
     app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -89,6 +106,8 @@ def build_app(
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
+    app.include_router(responses.router)
+    app.include_router(anthropic.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(admin.router)
