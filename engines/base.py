@@ -241,9 +241,12 @@ class Engine(abc.ABC):
     def warmup(self) -> float:
         """A short generation so the first request pays no first-call costs; returns seconds."""
         started = time.perf_counter()
+        # A model without a chat template (a base model) still serves raw prompts: warm that.
+        chat = self.info.has_chat_template
         request = GenerationRequest(
             request_id="warmup",
-            messages=(Message(role="user", content="Hello"),),
+            messages=(Message(role="user", content="Hello"),) if chat else (),
+            prompt=None if chat else "Hello",
             max_tokens=4,
             sampling=SamplingParams(temperature=0.0),
         )
