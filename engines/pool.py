@@ -32,6 +32,7 @@ from engines.errors import (
     QueueFullError,
     ServerShuttingDownError,
 )
+from engines.loader import check_loadable
 from engines.log_format import LogFormat
 from engines.memory import model_files_bytes, resident_bytes
 from engines.model_state import ModelEntry, ModelState, ModelStatus
@@ -83,10 +84,14 @@ class EnginePool:
         log_level: str = "INFO",
         log_format: LogFormat = "text",
         on_model_loaded: Callable[[ModelStatus], None] | None = None,
+        preflight: Callable[[ModelConfig], None] | None = None,
     ) -> None:
         self._entries = {model.name: ModelEntry(model) for model in models}
         self._on_model_loaded = on_model_loaded
         self._config = pool_config or PoolConfig()
+        # Cheap checks before anything is evicted for a load (default: the real files, when the
+        # workers are real processes).
+        self._preflight = preflight or (check_loadable if worker_factory is None else None)
         self._worker_factory: WorkerFactory = worker_factory or (
             lambda config: WorkerProcess(
                 config,
@@ -285,16 +290,34 @@ class EnginePool:
     async def _load(self, entry: ModelEntry) -> Worker:
         if entry.worker is not None and entry.worker.alive:
             return entry.worker
+        evicted: list[ModelEntry] = []
         try:
-            await self._admit(entry)
+            self._check_loadable(entry)
+            evicted = await self._admit(entry)
             return await self._start_worker(entry)
+        except BaseException:
+            # The room went for nothing: preloaded models unloaded for it come back.
+            for other in evicted:
+                if other.config.preload and not self._closing and other.worker is None:
+                    self._begin_load(other)
+            raise
         finally:
             # Loaded (it counts by its measured memory now), failed or cancelled: either way
             # the reservation goes, and loads waiting for room look again.
             entry.reserved_bytes = None
             self._signal_activity()
 
-    async def _admit(self, entry: ModelEntry) -> None:
+    def _check_loadable(self, entry: ModelEntry) -> None:
+        if self._preflight is None:
+            return
+        try:
+            self._preflight(entry.config)
+        except EngineError as error:
+            entry.failure = error.message
+            log.error("model %s cannot load: %s", entry.name, error.message)
+            raise
+
+    async def _admit(self, entry: ModelEntry) -> list[ModelEntry]:
         """Reserve room for `entry`, unloading idle models; wait a while for busy ones; else refuse.
 
         Only the decision holds the admission lock: the plan, the unloads it calls for and the
@@ -315,7 +338,7 @@ class EnginePool:
                 if plan.verdict is Verdict.ADMIT:
                     await self._evict(plan.evict, f"evicted to make room for {entry.name}")
                     entry.reserved_bytes = need
-                    return
+                    return [self._entries[name] for name in plan.evict]
             remaining = deadline - time.monotonic()
             if plan.verdict is Verdict.REFUSE or remaining <= 0:
                 raise ModelUnavailableError(

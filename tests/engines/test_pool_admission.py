@@ -17,6 +17,7 @@ import pytest
 from engines.base import GenerationRequest, Message
 from engines.config import ModelConfig, PoolConfig
 from engines.errors import EngineError, ModelLoadError, ModelUnavailableError
+from engines.loader import check_loadable
 from engines.pool import EnginePool, ModelState
 from tests.fakes import ScriptedWorker
 
@@ -244,3 +245,45 @@ async def test_memory_grown_by_embeddings_spares_the_model_and_pinned_ones(
     assert pool.status("pinned").state is ModelState.READY
     assert pool.status("embedder").state is ModelState.READY
     assert pool.status("embedder").resident_bytes == 900
+
+
+async def test_a_model_that_cannot_load_evicts_nothing(fleet: Fleet, tmp_path: Path) -> None:
+    """The cheap checks (file, header, engine installed) run before anything is unloaded."""
+    warm = tmp_path / "warm.gguf"
+    warm.write_bytes(b"GGUF" + bytes(60))
+    configs = [
+        ModelConfig(name="warm", engine="gguf", path=warm),
+        ModelConfig(name="broken", engine="gguf", path=tmp_path / "missing.gguf", preload=False),
+    ]
+    pool = EnginePool(
+        configs,
+        pool_config=PoolConfig(max_loaded_models=1),
+        worker_factory=fleet.factory,
+        preflight=check_loadable,
+    )
+    try:
+        await pool.start()
+        await pool.wait_preloaded()
+        worker = fleet.made[0]
+        with pytest.raises(ModelUnavailableError, match="not found"):
+            await answer(pool, "broken")
+        assert worker.alive, "the warm model was not unloaded for a load that could not work"
+        assert pool.status("warm").state is ModelState.READY
+        assert pool.status("broken").state is ModelState.FAILED
+        assert fleet.made_for("broken") == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_preloaded_model_evicted_for_a_failed_load_comes_back(
+    fleet: Fleet, make_pool: PoolMaker
+) -> None:
+    pool = make_pool({"warm": {}, "flaky": {"preload": False}}, max_loaded_models=1)
+    await pool.start()
+    await pool.wait_preloaded()
+    fleet.start_errors["flaky"] = ModelLoadError("the file is corrupt past its header")
+    with pytest.raises(ModelUnavailableError, match="corrupt"):
+        await answer(pool, "flaky")
+    await until(lambda: pool.status("warm").state is ModelState.READY)
+    assert fleet.made_for("warm") == 2, "unloaded for the failed load, then loaded again"
+    await answer(pool, "warm")
