@@ -310,10 +310,6 @@ class ChatServing:
         tracker = self._core.track(raw_request, body.model, "chat_completions")
         generations, tools = plan_chat(request_id, body, self._settings)
 
-        async def answer(events: AsyncGenerator[ChoiceEvent, None]) -> Response:
-            completion = await self._complete(body, request_id, tools, events)
-            return Response(completion.model_dump_json(), media_type="application/json")
-
         return await self._core.serve(
             raw_request,
             tracker,
@@ -325,7 +321,7 @@ class ChatServing:
             render_stream=lambda first, events: self._stream(
                 body, request_id, tools, first, events
             ),
-            render_answer=answer,
+            render_answer=lambda events: self._complete(body, request_id, tools, events),
         )
 
     async def _complete(

@@ -108,10 +108,6 @@ class CompletionServing:
         tracker = self._core.track(raw_request, body.model, "completions")
         prompts, generations = plan_completion(request_id, body, self._core.settings)
 
-        async def answer(events: AsyncGenerator[ChoiceEvent, None]) -> Response:
-            completion = await self._complete(body, request_id, prompts, events)
-            return Response(completion.model_dump_json(), media_type="application/json")
-
         return await self._core.serve(
             raw_request,
             tracker,
@@ -123,7 +119,7 @@ class CompletionServing:
             render_stream=lambda first, events: self._stream(
                 body, request_id, prompts, first, events
             ),
-            render_answer=answer,
+            render_answer=lambda events: self._complete(body, request_id, prompts, events),
         )
 
     async def _complete(

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Request, Response
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from app.errors import OpenAIError, from_engine_error
@@ -37,8 +38,8 @@ SSE_PING_SECONDS = 15
 Events = AsyncGenerator[ChoiceEvent, None]
 # Renders a stream: the events read while waiting for acceptance, then the rest.
 StreamRenderer = Callable[[list[ChoiceEvent], Events], AsyncIterator[bytes]]
-# Renders a whole (non-streamed) answer from all the events.
-AnswerRenderer = Callable[[Events], Awaitable[Response]]
+# Renders a whole (non-streamed) answer from all the events: the body, sent as JSON.
+AnswerRenderer = Callable[[Events], Awaitable[BaseModel]]
 
 
 def openai_error_event(error: OpenAIError) -> bytes:
@@ -134,7 +135,8 @@ class ServingCore:
                     sep="\n",
                     ping=SSE_PING_SECONDS,
                 )
-            return await until_disconnected(raw_request, render_answer(events))
+            answer = await until_disconnected(raw_request, render_answer(events))
+            return Response(answer.model_dump_json(), media_type="application/json")
         except ClientDisconnected:
             log.info("client left before %s finished; generation cancelled", request_id)
             tracker.aborted()
