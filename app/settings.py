@@ -7,6 +7,7 @@ process that serves them. Every field's description is its documentation and its
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -83,6 +84,30 @@ class ServerSettings(BaseSettings):
         description="Log each request's messages and generated text (off: only sizes and "
         "timings are logged).",
     )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Directory for state that outlives a request (the response store's SQLite "
+        "file, created when the first response is stored); unset: $XDG_DATA_HOME/slmserve, "
+        "else ~/.local/share/slmserve. In a container, point it at a volume.",
+    )
+    response_store: str = Field(
+        default="sqlite",
+        pattern=r"^(sqlite(:.+)?|memory)$",
+        description="Where stored Responses (/v1/responses with store=true) live: `sqlite` (the "
+        "file responses.sqlite3 in data_dir), `sqlite:PATH` (that file), or `memory` (gone at "
+        "restart).",
+    )
+    response_retention_s: float = Field(
+        default=30 * 24 * 3600.0,
+        gt=0,
+        description="How long a stored response can be retrieved or continued "
+        "(previous_response_id); older ones are deleted.",
+    )
+    response_max_count: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most stored responses kept; storing one more deletes the oldest.",
+    )
     drain_timeout_s: float = Field(
         default=30.0,
         ge=0,
@@ -101,3 +126,10 @@ class ServerSettings(BaseSettings):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
+
+    def data_directory(self) -> Path:
+        """`data_dir`, or the per-user default ($XDG_DATA_HOME/slmserve)."""
+        if self.data_dir is not None:
+            return self.data_dir
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "slmserve"

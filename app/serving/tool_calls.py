@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -107,10 +108,36 @@ class ToolPlan:
     forced_name: str | None = None
 
 
+def function_tool(
+    name: str, description: str | None, parameters: dict[str, Any] | None
+) -> dict[str, Any]:
+    """An OpenAI tool definition (what chat templates and the fallback instruction render),
+    for APIs whose tools come in another shape (Anthropic's name, description, input_schema)."""
+    function: dict[str, Any] = {"name": name}
+    if description is not None:
+        function["description"] = description
+    if parameters is not None:
+        function["parameters"] = parameters
+    return {"type": "function", "function": function}
+
+
 def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
-    tools = body.tools or []
+    definitions = tuple(tool.model_dump(exclude_none=True) for tool in body.tools or [])
     choice = body.tool_choice
-    if not tools:
+    if choice is None or isinstance(choice, str):
+        return plan_function_tools(definitions, choice)
+    return plan_function_tools(definitions, "named", choice.function.name)
+
+
+ToolChoiceMode = Literal["none", "auto", "required", "named"]
+
+
+def plan_function_tools(
+    definitions: Sequence[dict[str, Any]], choice: ToolChoiceMode | None, name: str | None = None
+) -> ToolPlan:
+    """What any API's function tools ask of the model: `definitions` as OpenAI tool definitions
+    (see `function_tool`), `choice` as chat's tool_choice, "named" forcing the function `name`."""
+    if not definitions:
         if choice not in (None, "none"):
             raise OpenAIError(
                 400, "tool_choice needs tools.", param="tool_choice", code="invalid_value"
@@ -118,28 +145,31 @@ def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
         return ToolPlan("none")
     if choice == "none":
         return ToolPlan("none")
-    definitions = tuple(tool.model_dump(exclude_none=True) for tool in tools)
-    names = frozenset(tool.function.name for tool in tools)
-    schemas = {tool.function.name: _call_schema(tool.function.name, tool.function.parameters)
-               for tool in tools}  # fmt: skip
+    functions = [definition["function"] for definition in definitions]
+    names = frozenset(function["name"] for function in functions)
+    schemas = {function["name"]: _call_schema(function["name"], function.get("parameters"))
+               for function in functions}  # fmt: skip
     if choice in (None, "auto"):
-        return ToolPlan("auto", definitions, names)
+        return ToolPlan("auto", tuple(definitions), names)
     if choice == "required":
         forced_name = next(iter(names)) if len(names) == 1 else None
         schema = _forced_schema(list(schemas.values()))
     else:
-        assert not isinstance(choice, str)
-        if choice.function.name not in names:
+        if name not in names:
             raise OpenAIError(
                 400,
-                f"tool_choice names {choice.function.name!r}, which is not among the tools.",
+                f"tool_choice names {name!r}, which is not among the tools.",
                 param="tool_choice",
                 code="invalid_value",
             )
-        forced_name = choice.function.name
+        forced_name = name
         schema = schemas[forced_name]
     return ToolPlan(
-        "forced", definitions, names, JsonConstraint(json.dumps(schema), param="tools"), forced_name
+        "forced",
+        tuple(definitions),
+        names,
+        JsonConstraint(json.dumps(schema), param="tools"),
+        forced_name,
     )
 
 

@@ -134,6 +134,17 @@ def test_container_serves_a_chat_completion_to_the_openai_client(container: Cont
     assert any(r["logger"] == "slmserve.worker" and "model" in r for r in records)
 
 
+def test_a_read_only_container_keeps_responses_in_its_data_volume(container: Container) -> None:
+    client = openai.OpenAI(base_url=f"{container.base_url}/v1", api_key="unused", max_retries=0)
+    first = client.responses.create(
+        model=DEFAULT_MODEL_NAME, input="Say hello.", max_output_tokens=8, temperature=0
+    )
+    again = client.responses.retrieve(first.id)
+    assert again.output_text == first.output_text
+    listing = podman("exec", container.name, "ls", "/data")
+    assert "responses.sqlite3" in listing.stdout
+
+
 def test_podman_stop_lets_an_in_flight_stream_finish(container: Container) -> None:
     body = {
         "model": DEFAULT_MODEL_NAME,

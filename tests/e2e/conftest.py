@@ -82,7 +82,9 @@ def serve_one(name: str, engine: str, path: Path, directory: Path) -> Iterator[L
         "parallel": 1,
     }
     models = write_models(directory / "models.yaml", [model])
-    with run_server(models, directory / "server.log") as server:
+    # Stored responses go in the test's directory, never in the user's data directory.
+    data = ("--data-dir", str(directory / "data"))
+    with run_server(models, directory / "server.log", extra_args=data) as server:
         yield server
 
 
