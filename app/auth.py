@@ -1,7 +1,8 @@
 """API keys and the admin key: `Authorization: Bearer <key>`, checked before routing.
 
 API keys (SLMSERVE_API_KEY, comma-separated, and/or SLMSERVE_API_KEY_FILE, one per line, `#`
-comments) guard every API route once configured. The admin routes (`/admin/*`: load, unload)
+comments) guard every API route once configured. An API key may also come as `x-api-key: <key>`
+(how Anthropic's clients send it), on every API route. The admin routes (`/admin/*`: load, unload)
 follow their own rule, since they change what the server serves:
 
 - an admin key is configured (SLMSERVE_ADMIN_KEY / SLMSERVE_ADMIN_KEY_FILE, same formats): only
@@ -28,7 +29,7 @@ from pathlib import Path
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import OpenAIError
+from app.errors import OpenAIError, error_response
 
 log = logging.getLogger("slmserve.auth")
 
@@ -144,23 +145,27 @@ class ApiKeyMiddleware:
         elif not self._keys.enabled or self._is_public(path):
             error = None
         else:
-            error = self._api_refusal(Headers(scope=scope).get("authorization", ""))
+            headers = Headers(scope=scope)
+            error = self._api_refusal(
+                headers.get("authorization", ""), headers.get("x-api-key", "").strip()
+            )
         if error is None:
             await self._app(scope, receive, send)
             return
         if path.startswith("/v1/"):
             scope["app"].state.metrics.count_error("", error.detail.code, path)
-        await error.response()(scope, receive, send)
+        await error_response(path, error)(scope, receive, send)
 
-    def _api_refusal(self, authorization: str) -> OpenAIError | None:
-        token = _bearer_token(authorization)
-        if token is None:
+    def _api_refusal(self, authorization: str, api_key: str = "") -> OpenAIError | None:
+        """An API key from `Authorization: Bearer`, or from `x-api-key`; either one opens."""
+        presented = [key for key in (_bearer_token(authorization), api_key) if key]
+        if not presented:
             return _unauthorized(
                 "You didn't provide an API key. Send it in the Authorization header as "
-                "'Authorization: Bearer YOUR_KEY'.",
+                "'Authorization: Bearer YOUR_KEY' (or as 'x-api-key: YOUR_KEY').",
                 "invalid_api_key",
             )
-        if not self._keys.accepts(token):
+        if not any([self._keys.accepts(key) for key in presented]):  # each one compared
             return _unauthorized("Incorrect API key provided.", "invalid_api_key")
         return None
 

@@ -3,6 +3,11 @@
 `OpenAIError` is the one exception the HTTP layer raises; engine errors are mapped to it here
 and nowhere else. Validation errors become 400 (not FastAPI's 422 shape), unknown routes 404,
 anything unexpected a logged 500 — all in the same envelope.
+
+The envelope follows the API a path belongs to, chosen in one place (`error_response`): the
+Anthropic Messages routes (/v1/messages...) answer Anthropic's
+`{"type": "error", "error": {"type", "message"}}` with the same HTTP status; every other route
+answers OpenAI's. The auth and body-limit middlewares render through the same function.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.protocol import ErrorDetail, ErrorResponse
+from app.protocol_anthropic import AnthropicErrorDetail, AnthropicErrorResponse, AnthropicErrorType
 from engines import errors as engine_errors
 
 log = logging.getLogger("slmserve.errors")
@@ -143,6 +149,42 @@ def http_error(status: int, message: str, headers: Mapping[str, str] | None = No
     )
 
 
+ANTHROPIC_PREFIX = "/v1/messages"
+# Anthropic's error type for each HTTP status slmserve answers with.
+_ANTHROPIC_TYPES: dict[int, AnthropicErrorType] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+}
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/")
+
+
+def anthropic_error_body(error: OpenAIError) -> dict[str, Any]:
+    """The error in Anthropic's shape (its type follows the HTTP status)."""
+    status = error.status_code
+    fallback: AnthropicErrorType = "invalid_request_error" if status < 500 else "api_error"
+    detail = AnthropicErrorDetail(
+        type=_ANTHROPIC_TYPES.get(status, fallback), message=error.detail.message
+    )
+    return AnthropicErrorResponse(error=detail).model_dump()
+
+
+def error_response(path: str, error: OpenAIError) -> JSONResponse:
+    """The error as the API of `path` shapes it: Anthropic's on /v1/messages, OpenAI's elsewhere."""
+    if is_anthropic_path(path):
+        body = anthropic_error_body(error)
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+    return error.response()
+
+
 def _respond(request: Request, error: OpenAIError) -> JSONResponse:
     """The error response, counted once: by the request's tracker when serving made one."""
     tracker = getattr(request.state, "tracker", None)
@@ -150,11 +192,11 @@ def _respond(request: Request, error: OpenAIError) -> JSONResponse:
         tracker.failed(error.detail.code)
     elif request.url.path.startswith("/v1/"):
         request.app.state.metrics.count_error("", error.detail.code, request.url.path)
-    return error.response()
+    return error_response(request.url.path, error)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception the app can raise into the OpenAI envelope."""
+    """Route every exception the app can raise into the envelope of the route's API."""
 
     async def on_openai_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, OpenAIError)

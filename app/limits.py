@@ -1,4 +1,4 @@
-"""Request body size limit: 413 in OpenAI's envelope, before the body is read when possible.
+"""Request body size limit: 413 in the route's envelope, before the body is read when possible.
 
 A pure ASGI middleware: a declared Content-Length over the limit is refused before anything is
 read; a chunked body is counted as it arrives and refused the moment it passes the limit. That
@@ -12,7 +12,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import http_error
+from app.errors import error_response, http_error
 
 
 def _message(limit: int) -> str:
@@ -33,7 +33,7 @@ class BodySizeLimitMiddleware:
             error = http_error(413, _message(self._max_bytes))
             if scope["path"].startswith("/v1/"):
                 scope["app"].state.metrics.count_error("", error.detail.code, scope["path"])
-            await error.response()(scope, receive, send)
+            await error_response(scope["path"], error)(scope, receive, send)
             return
         received = 0
 

@@ -109,6 +109,8 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int = 0
+    # The stop string that ended generation (finish_reason "stop"); None: the model's end token.
+    stop_sequence: str | None = None
     # Seconds measured inside the worker, where tokens are produced.
     time_to_first_token_s: float = 0.0
     generation_s: float = 0.0

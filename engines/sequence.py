@@ -23,6 +23,8 @@ class TextReleaser:
         self._longest_stop = max((len(s) for s in self._stop), default=0)
         self._held = ""
         self.stopped = False
+        # The stop string that ended the text (the first one in it, the shortest on a tie).
+        self.matched: str | None = None
 
     def push(self, piece: bytes | str) -> str:
         """Add a token's bytes (or text) and return the text that is now safe to send."""
@@ -31,9 +33,11 @@ class TextReleaser:
         if not self._stop:
             self._held = ""
             return text
-        cut = min((i for i in (text.find(s) for s in self._stop) if i >= 0), default=-1)
+        found = [(i, len(s), s) for s in self._stop if (i := text.find(s)) >= 0]
+        cut = min(found)[0] if found else -1
         if cut >= 0:
             self.stopped = True
+            self.matched = min(found)[2]
             self._held = ""
             return text[:cut]
         keep = self._partial_stop_suffix(text)
@@ -139,6 +143,7 @@ class Sequence:
             prompt_tokens=len(self.prompt_ids),
             completion_tokens=self.completion_tokens,
             cached_prompt_tokens=self.cached_prompt_tokens,
+            stop_sequence=self.text.matched if reason == "stop" else None,
             time_to_first_token_s=first - self.submitted_at,
             generation_s=now - first,
         )

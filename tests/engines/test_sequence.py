@@ -86,3 +86,10 @@ def test_end_token_is_not_counted() -> None:
     [finished] = sequence.accept(2, b"", is_end=True)
     assert isinstance(finished, Finished)
     assert (finished.finish_reason, finished.completion_tokens) == ("stop", 1)
+
+
+def test_the_stop_string_that_ended_the_text_is_named() -> None:
+    releaser = TextReleaser(("zz", "STOP", "ST"))
+    assert releaser.push("abcSTOP") == "abc"
+    assert releaser.stopped
+    assert releaser.matched == "ST", "the earliest in the text, the shortest on a tie"
