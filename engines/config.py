@@ -76,6 +76,24 @@ class SamplingDefaults(BaseModel):
         return SamplingParams(**self.model_dump(exclude={"max_tokens"}))
 
 
+# `parallel: auto` aims for this many tokens of context over all slots.
+AUTO_PARALLEL_TOKENS = 16384
+AUTO_PARALLEL_MAX = {"gguf": 8, "onnx": 4}
+# The context an engine picks when context_length is unset (at most; a model may train less).
+DEFAULT_CONTEXT = {"gguf": 8192, "onnx": 4096}
+
+
+def automatic_parallel(fields: dict[str, object]) -> int:
+    """The slot count `parallel: auto` means for a model's (raw) fields."""
+    engine = fields.get("engine")
+    if engine not in AUTO_PARALLEL_MAX:
+        return 1  # validation will name the bad engine
+    context = fields.get("context_length")
+    if not isinstance(context, int) or context < 1:
+        context = DEFAULT_CONTEXT[str(engine)]
+    return max(1, min(AUTO_PARALLEL_MAX[str(engine)], AUTO_PARALLEL_TOKENS // context))
+
+
 class ModelConfig(BaseModel):
     """One served model."""
 
@@ -117,10 +135,14 @@ class ModelConfig(BaseModel):
         "context, capped at 8192.",
     )
     parallel: int = Field(
-        default=1,
+        default=1,  # `auto` when left out: resolved before validation, see _automatic_parallel
         ge=1,
         le=64,
-        description="Requests generated at the same time (slots); more wait in the queue.",
+        description="Requests generated at the same time (slots); more wait in the queue. "
+        "`auto` (the default): as many slots as share about 16k tokens of context, from 1 to "
+        "8 (4 at most for ONNX models, which gain less from concurrency on CPU): 4 slots at "
+        "context_length 4096, 8 at 2048. Each GGUF slot keeps its own context_length of KV "
+        "cache, so memory grows with slots times context.",
     )
     preload: bool = Field(
         default=True,
@@ -157,6 +179,13 @@ class ModelConfig(BaseModel):
         default_factory=SamplingDefaults,
         description="Sampling defaults for requests that do not set them.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _automatic_parallel(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("parallel", "auto") == "auto":
+            data = {**data, "parallel": automatic_parallel(data)}
+        return data
 
     @model_validator(mode="after")
     def _batching_is_for_onnx(self) -> ModelConfig:

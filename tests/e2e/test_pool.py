@@ -43,7 +43,7 @@ def start_server(tmp_path: Path) -> Iterator[ServerStarter]:
 def smol(default_model_path: Path) -> Callable[..., dict[str, Any]]:
     def model(name: str, **fields: Any) -> dict[str, Any]:
         config = {"name": name, "engine": "gguf", "path": str(default_model_path)}
-        return {**config, "context_length": 512, **fields}
+        return {**config, "context_length": 512, "parallel": 1, **fields}
 
     return model
 

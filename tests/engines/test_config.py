@@ -22,7 +22,27 @@ def test_paths_resolve_against_the_file(tmp_path: Path) -> None:
     )
     [model] = config.models
     assert model.path == tmp_path / "sub" / "m.gguf"
-    assert (model.provider, model.parallel, model.preload) == ("auto", 1, True)
+    # parallel auto: the default context (8192 at most) gives two slots.
+    assert (model.provider, model.parallel, model.preload) == ("auto", 2, True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "parallel"),
+    [
+        ("engine: gguf, context_length: 4096", 4),
+        ("engine: gguf, context_length: 2048", 8),
+        ("engine: gguf, context_length: 256", 8),
+        ("engine: gguf, context_length: 16384", 1),
+        ("engine: onnx, context_length: 1024", 4),
+        ("engine: gguf, context_length: 4096, parallel: auto", 4),
+        ("engine: gguf, context_length: 4096, parallel: 3", 3),
+    ],
+)
+def test_parallel_auto_sizes_slots_from_the_context(
+    tmp_path: Path, fields: str, parallel: int
+) -> None:
+    config = load_models_file(write(tmp_path, f"models:\n  - {{name: m, path: m, {fields}}}\n"))
+    assert config.models[0].parallel == parallel
 
 
 def test_defaults_become_sampling_params(tmp_path: Path) -> None:

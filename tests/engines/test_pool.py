@@ -47,7 +47,9 @@ def pid_exists(pid: int) -> bool:
 @pytest.fixture
 async def pool(default_model_path: Path, tmp_path: Path) -> AsyncIterator[EnginePool]:
     models = [
-        ModelConfig(name="smol", engine="gguf", path=default_model_path, context_length=512),
+        ModelConfig(
+            name="smol", engine="gguf", path=default_model_path, context_length=512, parallel=1
+        ),
         ModelConfig(name="broken", engine="gguf", path=tmp_path / "missing.gguf"),
     ]
     engine_pool = EnginePool(models)
