@@ -50,63 +50,8 @@ def table(results: list[LevelResult]) -> list[str]:
     return lines
 
 
-def find(results: list[LevelResult], system: str, concurrency: int) -> LevelResult | None:
-    for result in results:
-        if result.system == system and result.concurrency == concurrency:
-            return result
-    return None
-
-
-def ratios(results: list[LevelResult], ours: str, peer: str, inprocess: str) -> list[str]:
-    lines = [
-        "| conc. | aggregate: slmserve / peer | aggregate: slmserve / in-process "
-        "| decode: slmserve / in-process | decode: slmserve / peer "
-        "| TTFT p50: slmserve / peer |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for concurrency in sorted({r.concurrency for r in results}):
-        mine, theirs, local = (find(results, s, concurrency) for s in (ours, peer, inprocess))
-        if mine is None or theirs is None or local is None:
-            continue
-        lines.append(
-            f"| {concurrency} | {mine.aggregate_tps / theirs.aggregate_tps:.2f} "
-            f"| {mine.aggregate_tps / local.aggregate_tps:.2f} "
-            f"| {mine.decode_tps / local.decode_tps:.2f} "
-            f"| {mine.decode_tps / theirs.decode_tps:.2f} "
-            f"| {mine.ttft(0.5) / theirs.ttft(0.5):.2f} |"
-        )
-    return lines
-
-
 def check(label: str, value: float, target: str, met: bool) -> str:
     return f"- {label}: {value:.2f} (target {target}): {'met' if met else 'NOT met'}"
-
-
-def targets(
-    results: list[LevelResult],
-    ours: str,
-    peer: str,
-    inprocess: str,
-    health_p99_ms: dict[str, float],
-) -> list[str]:
-    lines = []
-    mine, theirs, local = (find(results, system, 1) for system in (ours, peer, inprocess))
-    if mine is not None and theirs is not None and local is not None:
-        value = mine.decode_tps / local.decode_tps
-        lines.append(check("c=1 decode, slmserve / in-process", value, ">= 0.95", value >= 0.95))
-        value = mine.decode_tps / theirs.decode_tps
-        lines.append(check("c=1 decode, slmserve / peer", value, ">= 1.0", value >= 1.0))
-    mine, theirs = (find(results, system, 4) for system in (ours, peer))
-    if mine is not None and theirs is not None:
-        value = mine.aggregate_tps / theirs.aggregate_tps
-        lines.append(check("c=4 aggregate tok/s, slmserve / peer", value, ">= 1.5", value >= 1.5))
-        value = mine.ttft(0.5) / theirs.ttft(0.5)
-        lines.append(check("c=4 TTFT p50, slmserve / peer", value, "<= 0.3", value <= 0.3))
-    for model, p99 in health_p99_ms.items():
-        lines.append(
-            check(f"/health p99 ms during a long prefill ({model})", p99, "< 50", p99 < 50)
-        )
-    return lines
 
 
 def write_section(path: Path, body: list[str], *, start: str = START, end: str = END) -> None:

@@ -1,13 +1,16 @@
-"""`make bench`: slmserve against llama-cpp-python's server and the bare engines, in one run.
+"""`make bench`: slmserve against llama.cpp's own server, llama-cpp-python's server and the
+bare engines, in one run.
 
 Usage: python -m bench.run [--quick] [--output BENCHMARKS.md]
 
-Systems (one after another, on the same machine, same prompts and max_tokens, greedy):
-  slmserve gguf / onnx     the server under test, streaming through HTTP (ONNX twice: with
-                           interleaved generators, and with og.Engine batches)
+GGUF servers, interleaved over rounds (bench/rounds.py; same model, slots, context, threads):
+  slmserve gguf            the server under test, streaming through HTTP
+  llama.cpp llama-server   the peer of record: C++, built from the llama.cpp that the pinned
+                           llama-cpp-python vendors (bench/native_server.py)
   peer llama_cpp.server    llama-cpp-python's own server, same GGUF, same build
-  in-process gguf / onnx   the engines driven directly, no server: the ceiling
-Then /health latency while slmserve prefills a ~1,000-token prompt, on each engine.
+Then, one run each: the engines driven directly (in-process, no server: the ceiling), slmserve
+on the ONNX model (interleaved generators, and og.Engine batches), and /health latency while
+slmserve prefills a ~1,000-token prompt, on each engine.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from bench import http_load, inprocess, report
+from bench import http_load, inprocess, native_server, report, rounds
 from bench.health_probe import health_during_prefill, summary
 from bench.measure import LevelResult
 from bench.processes import free_port, peer_command, serve, slmserve_command
@@ -36,13 +39,20 @@ ONNX = REPO / "models" / "SmolLM2-135M-Instruct-onnx-int4-cpu"
 CONTEXT = 2048
 PARALLEL = 8
 
+THREADS = 2
 SLMSERVE_GGUF, SLMSERVE_ONNX = "slmserve gguf", "slmserve onnx"
 SLMSERVE_ONNX_BATCHED = "slmserve onnx og.Engine"
 PEER, INPROCESS_GGUF, INPROCESS_ONNX = "peer llama_cpp.server", "in-process gguf", "in-process onnx"
+NATIVE = "llama.cpp llama-server"
 
 
 def model_configs() -> list[dict[str, Any]]:
-    common = {"context_length": CONTEXT, "parallel": PARALLEL, "max_queue": 64}
+    common = {
+        "context_length": CONTEXT,
+        "parallel": PARALLEL,
+        "max_queue": 64,
+        "n_threads": THREADS,
+    }
     return [
         {"name": "gguf", "engine": "gguf", "path": str(GGUF), **common},
         {"name": "onnx", "engine": "onnx", "path": str(ONNX), **common},
@@ -90,6 +100,30 @@ def run_inprocess(
         engine.close()
 
 
+def gguf_servers(work: Path) -> list[rounds.Server]:
+    """The three GGUF servers with the same slots, context per slot and threads."""
+    gguf_only = work / "gguf.yaml"
+    gguf_only.write_text(yaml.safe_dump({"models": model_configs()[:1]}))
+    binary = native_server.build()
+    return [
+        rounds.Server(
+            SLMSERVE_GGUF, lambda port: slmserve_command(gguf_only, port), "/ready", "gguf"
+        ),
+        rounds.Server(
+            NATIVE,
+            lambda port: native_server.command(
+                binary, GGUF, port, context_per_slot=CONTEXT, slots=PARALLEL, threads=THREADS
+            ),
+            "/health",
+            "gguf",
+        ),
+        # It serves one request at a time, so its context is one slot's.
+        rounds.Server(
+            PEER, lambda port: peer_command(GGUF, port, CONTEXT), "/v1/models", str(GGUF)
+        ),
+    ]
+
+
 async def main(quick: bool, output: Path) -> int:
     levels = QUICK_LEVELS if quick else LEVELS
     results: list[LevelResult] = []
@@ -98,18 +132,21 @@ async def main(quick: bool, output: Path) -> int:
     configs = model_configs()
     with tempfile.TemporaryDirectory(prefix="slmserve-bench-") as scratch:
         work = Path(scratch)
-        models_file = work / "models.yaml"
-        models_file.write_text(yaml.safe_dump({"models": configs}))
+        log("GGUF servers, interleaved rounds")
+        round_levels = rounds.QUICK_ROUND_LEVELS if quick else rounds.ROUND_LEVELS
+        round_count = 1 if quick else rounds.ROUNDS
+        runs = await rounds.interleaved(gguf_servers(work), round_levels, round_count, work)
 
         log("in-process engines")
         results += run_inprocess(INPROCESS_GGUF, configs[0], levels)
         results += run_inprocess(INPROCESS_ONNX, configs[1], levels)
 
+        models_file = work / "models.yaml"
+        models_file.write_text(yaml.safe_dump({"models": configs}))
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        log("slmserve")
+        log("slmserve onnx, and /health during long prefills")
         with serve(slmserve_command(models_file, port), f"{base}/ready", work / "slmserve.log"):
-            results += await run_http(SLMSERVE_GGUF, base, "gguf", levels)
             results += await run_http(SLMSERVE_ONNX, base, "onnx", levels)
             results += await run_http(SLMSERVE_ONNX_BATCHED, base, "onnx-batched", levels)
             for model in ("gguf", "onnx"):
@@ -117,36 +154,30 @@ async def main(quick: bool, output: Path) -> int:
                 health[model] = summary(latencies)
                 log(f"  /health during a {prompt_tokens[model]}-token prefill: {health[model]}")
 
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        log("peer: llama_cpp.server")
-        with serve(peer_command(GGUF, port, CONTEXT), f"{base}/v1/models", work / "peer.log"):
-            results += await run_http(PEER, base, str(GGUF), levels)
-
-    order = [
-        INPROCESS_GGUF,
-        SLMSERVE_GGUF,
-        PEER,
-        INPROCESS_ONNX,
-        SLMSERVE_ONNX,
-        SLMSERVE_ONNX_BATCHED,
-    ]
+    order = [INPROCESS_GGUF, INPROCESS_ONNX, SLMSERVE_ONNX, SLMSERVE_ONNX_BATCHED]
     results.sort(key=lambda r: (order.index(r.system), r.concurrency))
-    health_p99 = {model: figures["p99_ms"] for model, figures in health.items()}
+    requests = ", ".join(f"c={level.clients}: {level.total}" for level in round_levels)
     body = [
         "## Latest `make bench` run" + (" (quick)" if quick else ""),
         "",
         *(f"- {fact}" for fact in report.machine_facts()),
         f"- workload: SmolLM2-135M-Instruct (GGUF Q4_1 and ONNX int4), greedy, max_tokens "
-        f"{128}, streaming, closed-loop clients; slmserve models with parallel={PARALLEL}, "
-        f"context {CONTEXT}; peer with --n_threads 2 --logits_all false "
-        "--interrupt_requests false.",
+        f"{128}, streaming, closed-loop clients that never retry (any client error counts).",
+        f"- GGUF servers: {PARALLEL} slots of {CONTEXT} tokens and {THREADS} threads on each "
+        f"(llama-server -np {PARALLEL} -c {PARALLEL * CONTEXT} -t {THREADS}; llama-cpp-python's "
+        f"server serves one request at a time, --n_threads {THREADS} --logits_all false "
+        f"--interrupt_requests false); {round_count} interleaved rounds, requests per round "
+        f"{requests}; medians over rounds, spread min-max.",
+        "",
+        *rounds.table(runs),
+        "",
+        "Ratios of the medians:",
+        "",
+        *rounds.ratios(runs, SLMSERVE_GGUF, [NATIVE, PEER]),
+        "",
+        "Engines in-process (the ceiling) and slmserve on the ONNX model, one run each:",
         "",
         *report.table(results),
-        "",
-        "GGUF ratios (same run):",
-        "",
-        *report.ratios(results, SLMSERVE_GGUF, PEER, INPROCESS_GGUF),
         "",
         "/health latency while slmserve prefills a long prompt:",
         "",
@@ -160,7 +191,16 @@ async def main(quick: bool, output: Path) -> int:
         "",
         "Targets:",
         "",
-        *report.targets(results, SLMSERVE_GGUF, PEER, INPROCESS_GGUF, health_p99),
+        *rounds.targets(runs, SLMSERVE_GGUF, NATIVE, PEER),
+        *(
+            report.check(
+                f"/health p99 ms during a long prefill ({model})",
+                f["p99_ms"],
+                "< 50",
+                f["p99_ms"] < 50,
+            )
+            for model, f in health.items()
+        ),
     ]
     print("\n".join(body))
     report.write_section(output, body)
