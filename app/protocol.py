@@ -217,10 +217,21 @@ class ChatCompletionRequest(GenerationFields):
 
 
 class CompletionRequest(GenerationFields):
+    # Text, texts, token ids (one prompt) or lists of token ids (several).
     prompt: str | list[str] | list[int] | list[list[int]]
     suffix: str | None = None
-    # OpenAI's default for this endpoint.
-    max_tokens: MaxTokens | None = 16
+    # OpenAI's default for this endpoint. 0 only with echo: score the prompt, generate nothing.
+    max_tokens: (
+        Annotated[
+            int,
+            Field(
+                ge=0,
+                description="Upper bound on the number of tokens to generate; 0 (with echo) "
+                "only scores the prompt.",
+            ),
+        ]
+        | None
+    ) = 16
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
@@ -361,8 +372,9 @@ class ChatCompletionChunk(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    # None for the first prompt token (echo): nothing comes before it.
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 

@@ -56,6 +56,8 @@ class GenerationRequest:
     messages: tuple[Message, ...] = ()
     # A raw prompt bypasses the chat template (text completions).
     prompt: str | None = None
+    # A prompt given as token ids (text completions): taken exactly as sent.
+    prompt_ids: tuple[int, ...] | None = None
     # None: generate until the end of the context window (or max_tokens_ceiling).
     max_tokens: int | None = None
     # A server-wide bound on what a request may generate when it names no max_tokens.
@@ -64,6 +66,10 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     # None: no log probabilities; k: the sampled token's and the k most likely alternatives'.
     logprobs: int | None = None
+    # None: none; k: log p of every prompt token after the first (a `PromptLogprobs` event),
+    # with the k most likely alternatives at each position. Prompt positions get logits only
+    # when asked for: such a request reuses no cached prefix.
+    prompt_logprobs: int | None = None
     logit_bias: tuple[tuple[int, float], ...] = ()
     constraint: JsonConstraint | None = None
     # OpenAI tool definitions, for chat templates that render tools themselves.
@@ -87,6 +93,17 @@ class TokenLogprob:
     token: bytes
     logprob: float
     top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(slots=True)
+class PromptLogprobs:
+    """Log probabilities of the prompt's tokens, sent once the prompt is in and before any
+    generated token. The first token has no context: `first_token` names it; `entries` holds
+    the others' (log p of token i given tokens before it), in order."""
+
+    request_id: str
+    first_token: bytes
+    entries: list[TokenLogprob]
 
 
 @dataclass(slots=True)
@@ -114,6 +131,9 @@ class Finished:
     # Seconds measured inside the worker, where tokens are produced.
     time_to_first_token_s: float = 0.0
     generation_s: float = 0.0
+    # The end-of-text token's log probability when the model ended the text and the request
+    # asked for logprobs (text completions list it, as OpenAI did; harnesses count on it).
+    end_logprob: TokenLogprob | None = None
 
 
 @dataclass(slots=True)
@@ -149,9 +169,81 @@ class Tokenized:
 
     request_id: str
     token_ids: list[int]
+    # Each token's text, when asked for (a token holding part of a UTF-8 character shows
+    # U+FFFD).
+    pieces: list[str] | None = None
 
 
-Event = Accepted | TokenEvent | Finished | Failed | Embedded | Tokenized
+@dataclass(slots=True)
+class PromptText:
+    """Text a prompt query answers with: token ids decoded, or a chat rendered by its template."""
+
+    request_id: str
+    text: str
+
+
+@dataclass(slots=True)
+class TokenizerInfo:
+    """The model's special tokens as text (None: it has none), for clients that tokenize through
+    the server (lm-evaluation-harness's remote tokenizer)."""
+
+    request_id: str
+    bos_token: str | None
+    eos_token: str | None
+    context_length: int
+
+
+Event = (
+    Accepted
+    | PromptLogprobs
+    | TokenEvent
+    | Finished
+    | Failed
+    | Embedded
+    | Tokenized
+    | PromptText
+    | TokenizerInfo
+)
+
+
+# Questions about prompts that the model's tokenizer and chat template answer without
+# generating (the /tokenize, /detokenize and /apply-template endpoints). A worker answers
+# between two engine steps.
+@dataclass(frozen=True, slots=True)
+class TokenizeQuery:
+    """The token ids of a request's prompt (raw text, or messages through the template)."""
+
+    request_id: str
+    request: GenerationRequest
+    # Raw prompts: whether the model's BOS is added as for generation (chat: the template's).
+    add_special: bool = True
+    with_pieces: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DetokenizeQuery:
+    """The text of token ids, special tokens spelled out."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RenderQuery:
+    """The prompt text a chat request becomes: its messages and tools through the template."""
+
+    request_id: str
+    request: GenerationRequest
+
+
+@dataclass(frozen=True, slots=True)
+class InfoQuery:
+    """The model's special tokens (answered by `TokenizerInfo`)."""
+
+    request_id: str
+
+
+PromptQuery = TokenizeQuery | DetokenizeQuery | RenderQuery | InfoQuery
 
 
 def unexpected_failure(request_id: str, during: str, error: BaseException) -> Failed:
@@ -206,9 +298,38 @@ class Engine(abc.ABC):
     def close(self) -> None:
         """Release the model's memory."""
 
-    def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        """The token ids `request`'s prompt becomes, exactly as generation would see them."""
+    def prompt_ids(self, request: GenerationRequest, *, add_special: bool = True) -> list[int]:
+        """The token ids `request`'s prompt becomes, exactly as generation would see them
+        (`add_special` False: a raw prompt without the BOS the model would add)."""
         raise InvalidRequestError(f"{self.info.engine} models cannot tokenize", param="model")
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of `token_ids`, special tokens spelled out; ids outside the vocabulary are
+        refused."""
+        raise InvalidRequestError(f"{self.info.engine} models cannot detokenize", param="model")
+
+    def render_prompt(self, request: GenerationRequest) -> str:
+        """The text a chat request's messages and tools become through the chat template."""
+        raise InvalidRequestError(
+            f"{self.info.engine} models cannot render chat templates", param="model"
+        )
+
+    def special_tokens(self) -> tuple[str | None, str | None]:
+        """The texts of the model's BOS and EOS tokens (None where it has none)."""
+        return None, None
+
+    def answer(self, query: PromptQuery) -> Tokenized | PromptText | TokenizerInfo:
+        """Answer a prompt query (a worker calls it between two steps)."""
+        if isinstance(query, InfoQuery):
+            bos, eos = self.special_tokens()
+            return TokenizerInfo(query.request_id, bos, eos, self.info.context_length)
+        if isinstance(query, TokenizeQuery):
+            ids = self.prompt_ids(query.request, add_special=query.add_special)
+            pieces = [self.detokenize([token]) for token in ids] if query.with_pieces else None
+            return Tokenized(query.request_id, ids, pieces)
+        if isinstance(query, DetokenizeQuery):
+            return PromptText(query.request_id, self.detokenize(query.token_ids))
+        return PromptText(query.request_id, self.render_prompt(query.request))
 
     def embed_text(self, text: str, index: int) -> tuple[list[float], int]:
         """The mean-pooled, L2-normalised embedding of input `index` and its token count;

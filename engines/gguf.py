@@ -14,6 +14,11 @@ another slot holds a clearly longer prefix of the prompt (a shared system prompt
 is copied into the chosen slot first. Only the cells past the shared prefix are dropped and only
 the rest of the prompt is prefilled; usage reports the reused part as cached tokens.
 
+Prompt log probabilities (echo with logprobs): such a request asks llama.cpp for the logits of
+every prompt position, in chunks of at most SCORING_CHUNK tokens, and scores each chunk as soon
+as it is decoded. A cached prefix has no logits, so such a request reuses none: it prefills from
+position 0 (its cells stay cached for later requests like any other's).
+
 A llama.cpp context is not thread-safe: only the worker's single loop thread touches it.
 """
 
@@ -24,6 +29,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence as Ids
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +58,7 @@ from engines.errors import (
 )
 from engines.json_grammar import json_object_grammar, json_schema_grammar
 from engines.json_schema import constraint_schema
-from engines.logprobs import log_softmax_at
+from engines.logprobs import PromptScorer, token_logprob
 from engines.prompting import PromptBuilder
 from engines.sampling import OPENAI_DEFAULTS, SamplingParams
 from engines.sequence import Sequence
@@ -70,6 +76,9 @@ CONTINUATION_SHARE = 0.75
 # sequence buffer (llama.cpp copies across sequences only whole), worth it past a few tokens.
 MIN_PREFIX_COPY_TOKENS = 16
 DEFAULT_CONTEXT_CAP = 8192
+# Prompt tokens per step whose logits are all kept (prompt log probabilities): bounds llama.cpp's
+# output buffer to this many vocabulary-sized rows.
+SCORING_CHUNK = 128
 
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
 _LLAMA_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
@@ -106,6 +115,9 @@ class _Slot:
     cached: list[int] = field(default_factory=list)  # tokens in the KV cache, by position
     last_token: int = 0
     logits_index: int = -1  # position of this slot's logits in the last batch, -1 if none
+    just_prefilled: bool = False  # the last batch held the end of this slot's prompt
+    scorer: PromptScorer | None = None  # the prompt's log probabilities, when asked for
+    scored: list[tuple[int, int]] = field(default_factory=list)  # (batch index, prompt position)
     last_admitted: int = 0  # admission counter value, for least-recently-used choice
 
     @property
@@ -154,6 +166,19 @@ class LlamaTokenizer:
             if count >= 0:
                 return list(tokens[:count])
             capacity = -count
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of `ids`, special tokens spelled out, nothing stripped (encode's inverse)."""
+        tokens = (llama_cpp.llama_token * max(1, len(ids)))(*ids)
+        capacity = 8 * len(ids) + 16
+        while True:
+            buffer = ctypes.create_string_buffer(capacity)
+            length = llama_cpp.llama_detokenize(
+                self._vocab, tokens, len(ids), buffer, capacity, False, True
+            )
+            if length >= 0:
+                return buffer.raw[:length].decode("utf-8", "replace")
+            capacity = -length
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         length = llama_cpp.llama_token_to_piece(
@@ -298,8 +323,20 @@ class GGUFEngine(Engine):
         llama_cpp.llama_sampler_free(sampler)
         return grammar
 
-    def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        return self._prompts.prompt_ids(request)
+    def prompt_ids(self, request: GenerationRequest, *, add_special: bool = True) -> list[int]:
+        return self._prompts.prompt_ids(request, add_special=add_special)
+
+    def detokenize(self, token_ids: Ids[int]) -> str:
+        return self._prompts.decode(list(token_ids))
+
+    def render_prompt(self, request: GenerationRequest) -> str:
+        return self._prompts.render(request)
+
+    def special_tokens(self) -> tuple[str | None, str | None]:
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        eos = llama_cpp.llama_vocab_eos(self._vocab)
+        text = self._tokenizer.token_text
+        return (text(bos) if bos >= 0 else None), (text(eos) if eos >= 0 else None)
 
     def submit(self, request: GenerationRequest) -> Event:
         try:
@@ -334,24 +371,41 @@ class GGUFEngine(Engine):
             return events + self._fail_batch(scheduled, status)
         for slot in scheduled:
             sequence = slot.sequence
-            if slot.logits_index < 0 or sequence is None or slot.sampler is None:
+            if sequence is None or slot.sampler is None:
                 continue
             produced: list[Event]
             try:
-                produced = list(self._advance(slot, sequence))
+                produced = self._after_decode(slot, sequence)
             except Exception as error:  # one request's failure is that request's alone
                 produced = [unexpected_failure(sequence.request_id, "generating", error)]
             events.extend(produced)
-            if isinstance(produced[-1], Finished | Failed):
+            if produced and isinstance(produced[-1], Finished | Failed):
                 self._release(slot, keep_cache=isinstance(produced[-1], Finished))
         return events
+
+    def _after_decode(self, slot: _Slot, sequence: Sequence) -> list[Event]:
+        """Score the prompt positions just decoded; once the prompt is in, sample."""
+        if slot.scorer is not None:
+            for batch_index, position in slot.scored:
+                slot.scorer.score(position, self._logits(batch_index))
+            slot.scored = []
+        if slot.logits_index < 0:
+            return []  # still prefilling
+        produced: list[Event] = []
+        if slot.just_prefilled:
+            produced.extend(sequence.prefilled(slot.scorer.event() if slot.scorer else None))
+            slot.scorer = None
+            if produced and isinstance(produced[-1], Finished):
+                return produced
+        produced.extend(self._advance(slot, sequence))
+        return produced
 
     def _advance(self, slot: _Slot, sequence: Sequence) -> list[TokenEvent | Finished]:
         """Sample the slot's next token from the last batch and account it."""
         token = self._sample(slot)
         is_end = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
         logprob = None
-        if sequence.request.logprobs is not None and not is_end:
+        if sequence.request.logprobs is not None:
             logprob = self._logprob(slot.logits_index, token, sequence.request.logprobs)
         piece = b"" if is_end else self._detokenize(token)
         produced = sequence.accept(token, piece, is_end=is_end, logprob=logprob)
@@ -437,7 +491,11 @@ class GGUFEngine(Engine):
             prompt = waiting.sequence.prompt_ids
             slot = self._choose_slot(free, prompt)
             try:
-                reused = self._prepare_prefix(slot, prompt)
+                if waiting.sequence.request.prompt_logprobs is None:
+                    reused = self._prepare_prefix(slot, prompt)
+                else:  # every prompt position's logits are needed: nothing cached has them
+                    reused = self._keep_prefix(slot, 0)
+                    slot.scorer = PromptScorer.of(waiting.sequence, self._prompt_piece)
                 sampler = self._build_sampler(waiting)
             except Exception as error:
                 self._release(slot, keep_cache=False)
@@ -500,6 +558,7 @@ class GGUFEngine(Engine):
         generating = [slot for slot in self._slots if slot.is_generating]
         for slot in generating:
             slot.logits_index = self._add_token(slot, slot.last_token, logits=True)
+            slot.just_prefilled = False
             scheduled.append(slot)
         budget = (PREFILL_CHUNK_WHILE_DECODING if generating else BATCH_TOKENS) - len(generating)
         for slot in self._slots:
@@ -507,13 +566,18 @@ class GGUFEngine(Engine):
                 break
             if slot.sequence is None or not slot.pending_prompt:
                 continue
-            chunk = slot.pending_prompt[:budget]
+            scoring = slot.scorer is not None
+            chunk = slot.pending_prompt[: min(budget, SCORING_CHUNK) if scoring else budget]
             del slot.pending_prompt[: len(chunk)]
             budget -= len(chunk)
             last = len(chunk) - 1
             for offset, token in enumerate(chunk):
-                index = self._add_token(slot, token, logits=offset == last)
+                position = slot.n_past
+                index = self._add_token(slot, token, logits=scoring or offset == last)
+                if scoring:
+                    slot.scored.append((index, position))
             # Logits only when the whole prompt is in: that is where the first token is sampled.
+            slot.just_prefilled = not slot.pending_prompt
             slot.logits_index = -1 if slot.pending_prompt else index
             scheduled.append(slot)
         return scheduled
@@ -550,14 +614,20 @@ class GGUFEngine(Engine):
         slot.sampler = None
         slot.pending_prompt = []
         slot.logits_index = -1
+        slot.just_prefilled = False
+        slot.scorer = None
+        slot.scored = []
+
+    def _logits(self, batch_index: int) -> np.ndarray:
+        """The raw logits (before sampling settings, bias or grammar) at a batch position."""
+        pointer = llama_cpp.llama_get_logits_ith(self._context, batch_index)
+        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+
+    def _prompt_piece(self, token: int) -> bytes:
+        return self._tokenizer.piece(token, special=True)
 
     def _logprob(self, logits_index: int, token: int, top: int) -> TokenLogprob:
-        """From the model's raw logits (before sampling settings, bias or grammar)."""
-        pointer = llama_cpp.llama_get_logits_ith(self._context, logits_index)
-        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
-        value, best = log_softmax_at(logits, token, top)
-        alternatives = tuple((self._tokenizer.piece(t, special=True), lp) for t, lp in best)
-        return TokenLogprob(self._tokenizer.piece(token, special=True), value, alternatives)
+        return token_logprob(self._logits(logits_index), token, top, self._prompt_piece)
 
     def _build_sampler(self, waiting: _Waiting) -> llama_cpp.llama_sampler_p:
         sampling, sequence = waiting.sampling, waiting.sequence

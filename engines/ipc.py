@@ -12,7 +12,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 
-from engines.base import EngineInfo, Event, GenerationRequest
+from engines.base import EngineInfo, Event, GenerationRequest, PromptQuery
 
 _HEADER = struct.Struct("!I")
 
@@ -40,6 +40,13 @@ class Tokenize:
 
 
 @dataclass(slots=True)
+class Query:
+    """A prompt query (tokenize, detokenize, render the template): answered by one event."""
+
+    query: PromptQuery
+
+
+@dataclass(slots=True)
 class Shutdown:
     pass
 
@@ -61,7 +68,7 @@ class Events:
     events: list[Event]
 
 
-ToWorker = Submit | Cancel | Embed | Tokenize | Shutdown
+ToWorker = Submit | Cancel | Embed | Tokenize | Query | Shutdown
 FromWorker = Loaded | LoadFailed | Events
 
 

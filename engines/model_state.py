@@ -82,6 +82,9 @@ class ModelEntry:
         self.restarts = 0
         self.backoff_until = 0.0
         self.measured_bytes: int | None = None  # resident memory seen after the last load
+        # A client's keep_alive for the loaded model (Ollama's per-request keep_alive): replaces
+        # config.keep_alive until the model is unloaded; None: the configured one.
+        self.keep_alive_override: float | None = None
         self._crash_times: deque[float] = deque()
         self._mean_request_s = 1.0
 
@@ -98,6 +101,12 @@ class ModelEntry:
         if self.failure is not None:
             return ModelState.FAILED
         return ModelState.UNLOADED
+
+    @property
+    def keep_alive(self) -> float:
+        """Idle seconds before the reaper unloads the model (negative: never)."""
+        override = self.keep_alive_override
+        return self.config.keep_alive if override is None else override
 
     @property
     def busy(self) -> bool:
@@ -198,7 +207,7 @@ class ModelEntry:
             reason=reason,
             preload=self.config.preload,
             pinned=self.config.pinned,
-            keep_alive_s=self.config.keep_alive,
+            keep_alive_s=self.keep_alive,
             context_length=info.context_length if info else self.config.context_length,
             parallel=self.config.parallel,
             max_queue=self.config.max_queue,

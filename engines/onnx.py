@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from engines.base import (
     Accepted,
@@ -94,6 +97,9 @@ class OgTokenizer:
             for token in _read_json(folder / "tokenizer.json").get("added_tokens", [])
             if isinstance(token, dict) and "id" in token
         }
+        self._special_text = {token: text for text, token in special.items()}
+        self.bos_text = _token_text(config.get("bos_token")) or None
+        self.eos_text = _token_text(config.get("eos_token")) or None
         bos = special.get(_token_text(config.get("bos_token")))
         self._bos_id = bos
         self.adds_bos = bool(config.get("add_bos_token")) and bos is not None
@@ -114,6 +120,27 @@ class OgTokenizer:
         if add_bos and self._bos_id is not None:
             ids.insert(0, self._bos_id)
         return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """og's decode drops special tokens: they are spelled out here, the runs between them
+        decoded by og, so that decoding what encode gave returns the text."""
+        parts: list[str] = []
+        run: list[int] = []
+        for token in [*ids, -1]:
+            special = self._special_text.get(token)
+            if special is None and token >= 0:
+                run.append(token)
+                continue
+            if run:
+                parts.append(str(self._tokenizer.decode(np.asarray(run, dtype=np.int32))))
+                run = []
+            if special is not None:
+                parts.append(special)
+        return "".join(parts)
+
+    def piece(self, token: int) -> bytes:
+        """One token's text as bytes (a part of a UTF-8 character shows as U+FFFD)."""
+        return self.decode([token]).encode("utf-8")
 
 
 class OnnxEngine(Engine):
@@ -143,10 +170,12 @@ class OnnxEngine(Engine):
         self._valid_guidance: set[str] = set()
         self._context_length = min(config.context_length or DEFAULT_CONTEXT_CAP, trained)
         template = self._load_template(folder, config)
+        tokenizer = OgTokenizer(self._tokenizer, folder, self._vocab_size)
+        self._special_tokens = (tokenizer.bos_text, tokenizer.eos_text)
         self._prompts = PromptBuilder(
             config.name,
             template,
-            OgTokenizer(self._tokenizer, folder, self._vocab_size),
+            tokenizer,
             context_length=self._context_length,
             default_max_tokens=config.defaults.max_tokens,
         )
@@ -161,7 +190,7 @@ class OnnxEngine(Engine):
             )
         else:
             self._scheduler = InterleavedGenerators(
-                og, self._model, self._tokenizer, eos_ids, config.parallel
+                og, self._model, self._tokenizer, eos_ids, config.parallel, tokenizer.piece
             )
         log.info("scheduling concurrent requests with %s", batching)
         self.info = EngineInfo(
@@ -233,8 +262,17 @@ class OnnxEngine(Engine):
             ) from error
         self._valid_guidance.add(schema)
 
-    def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        return self._prompts.prompt_ids(request)
+    def prompt_ids(self, request: GenerationRequest, *, add_special: bool = True) -> list[int]:
+        return self._prompts.prompt_ids(request, add_special=add_special)
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self._prompts.decode(list(token_ids))
+
+    def render_prompt(self, request: GenerationRequest) -> str:
+        return self._prompts.render(request)
+
+    def special_tokens(self) -> tuple[str | None, str | None]:
+        return self._special_tokens
 
     def submit(self, request: GenerationRequest) -> Event:
         sampling = request.sampling.over(self._defaults)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +31,7 @@ from engines.base import (
 )
 from engines.errors import EngineError, InvalidRequestError
 from engines.json_schema import constraint_schema
-from engines.logprobs import log_softmax_at
+from engines.logprobs import PromptScorer, token_logprob
 from engines.sampling import SamplingParams
 from engines.sequence import Sequence
 
@@ -59,6 +60,11 @@ class Scheduler(Protocol):
     def close(self) -> None: ...
 
 
+# Prompt tokens appended per call when the prompt's logits are wanted: og returns the logits
+# of every appended position, so this bounds that buffer (128 x vocab floats).
+SCORING_CHUNK = 128
+
+
 @dataclass
 class _GeneratorSlot:
     sequence: Sequence
@@ -66,6 +72,8 @@ class _GeneratorSlot:
     stream: Any  # og.TokenizerStream
     sampling: SamplingParams
     counts: dict[int, int] = field(default_factory=dict)  # for presence/frequency penalties
+    # Events due once the prompt is in (its log probabilities; the end of a scoring request).
+    prefilled: list[Event] = field(default_factory=list)
 
     @property
     def edits_logits(self) -> bool:
@@ -81,8 +89,17 @@ class _GeneratorSlot:
 class InterleavedGenerators:
     """One og.Generator per request, each advanced by one token per step."""
 
-    def __init__(self, og: Any, model: Any, tokenizer: Any, eos_ids: set[int], parallel: int):
+    def __init__(
+        self,
+        og: Any,
+        model: Any,
+        tokenizer: Any,
+        eos_ids: set[int],
+        parallel: int,
+        piece: Callable[[int], bytes],
+    ):
         self._og, self._model, self._tokenizer = og, model, tokenizer
+        self._piece = piece  # a token's bytes, for log probabilities
         self._eos_ids = eos_ids
         self._parallel = parallel
         self._slots: dict[str, _GeneratorSlot] = {}
@@ -113,9 +130,13 @@ class InterleavedGenerators:
         while self._waiting and len(self._slots) < self._parallel:
             sequence, sampling = self._waiting.popleft()
             try:
-                self._slots[sequence.request_id] = self._start(sequence, sampling)
+                started = self._start(sequence, sampling)
             except Exception as error:  # og raises plain RuntimeErrors
                 events.append(unexpected_failure(sequence.request_id, "starting", error))
+                continue
+            events.extend(started.prefilled)
+            if not (started.prefilled and isinstance(started.prefilled[-1], Finished)):
+                self._slots[sequence.request_id] = started
         for request_id, slot in list(self._slots.items()):
             try:
                 produced = self._advance(slot)
@@ -129,7 +150,7 @@ class InterleavedGenerators:
     def _start(self, sequence: Sequence, sampling: SamplingParams) -> _GeneratorSlot:
         params = self._og.GeneratorParams(self._model)
         options: dict[str, Any] = {
-            "max_length": len(sequence.prompt_ids) + sequence.max_new_tokens,
+            "max_length": len(sequence.prompt_ids) + max(1, sequence.max_new_tokens),
             "do_sample": not sampling.is_greedy,
             "repetition_penalty": sampling.repetition_penalty or 1.0,
         }
@@ -145,8 +166,18 @@ class InterleavedGenerators:
         if constraint is not None:
             params.set_guidance("json_schema", guidance_schema(constraint))
         generator = self._og.Generator(self._model, params)
-        generator.append_tokens(np.asarray(sequence.prompt_ids, dtype=np.int32))
-        return _GeneratorSlot(sequence, generator, self._tokenizer.create_stream(), sampling)
+        prompt = np.asarray(sequence.prompt_ids, dtype=np.int32)
+        scorer = PromptScorer.of(sequence, self._piece)
+        if scorer is None:
+            generator.append_tokens(prompt)
+        else:
+            # After append_tokens, og's "logits" output holds every appended position's.
+            for start in range(0, len(prompt), SCORING_CHUNK):
+                generator.append_tokens(prompt[start : start + SCORING_CHUNK])
+                scorer.score_rows(np.asarray(generator.get_output("logits")), start)
+        slot = _GeneratorSlot(sequence, generator, self._tokenizer.create_stream(), sampling)
+        slot.prefilled = list(sequence.prefilled(None if scorer is None else scorer.event()))
+        return slot
 
     def _advance(self, slot: _GeneratorSlot) -> list[Event]:
         top = slot.sequence.request.logprobs
@@ -158,12 +189,12 @@ class InterleavedGenerators:
                 slot.generator.set_logits(self._edited_logits(slot, raw))
         slot.generator.generate_next_token()
         token = int(slot.generator.get_next_tokens()[0])
-        if token in self._eos_ids:
-            return [slot.sequence.finish("stop")]
-        slot.counts[token] = slot.counts.get(token, 0) + 1
         logprob = None
         if top is not None and raw is not None:
             logprob = self._logprob(raw, token, top)
+        if token in self._eos_ids:
+            return [slot.sequence.finish("stop", end_logprob=logprob)]
+        slot.counts[token] = slot.counts.get(token, 0) + 1
         piece = self._detokenize(slot, token)
         return list(slot.sequence.accept(token, piece, is_end=False, logprob=logprob))
 
@@ -172,15 +203,9 @@ class InterleavedGenerators:
         text: str = slot.stream.decode(token)
         return text
 
-    def _token_bytes(self, token: int) -> bytes:
-        text: str = self._tokenizer.decode(np.asarray([token], dtype=np.int32))
-        return text.encode("utf-8", "replace")
-
     def _logprob(self, raw: Any, token: int, top: int) -> TokenLogprob:
         """From the model's raw logits (before sampling settings, bias or guidance)."""
-        value, best = log_softmax_at(raw, token, top)
-        alternatives = tuple((self._token_bytes(t), lp) for t, lp in best)
-        return TokenLogprob(self._token_bytes(token), value, alternatives)
+        return token_logprob(raw, token, top, self._piece)
 
     @staticmethod
     def _edited_logits(slot: _GeneratorSlot, raw: np.ndarray) -> np.ndarray:
@@ -249,6 +274,8 @@ class OgEngineBatches:
             unsupported.append("logit_bias")
         if request.logprobs is not None:
             unsupported.append("logprobs")
+        if request.prompt_logprobs is not None:
+            unsupported.append("prompt logprobs (echo with logprobs)")
         if unsupported:
             raise InvalidRequestError(
                 f"{', '.join(unsupported)} cannot be used with this model: it is served with "
@@ -282,6 +309,9 @@ class OgEngineBatches:
         events: list[Event] = []
         while self._waiting and len(self._running) < self._capacity:
             sequence, sampling = self._waiting.popleft()
+            if sequence.scores_only:  # max_tokens 0: nothing to run
+                events.extend(sequence.prefilled())
+                continue
             try:
                 self._start(sequence, sampling)
             except RuntimeError as error:

@@ -23,7 +23,17 @@ from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Any, Protocol
 
 from engines.admission import AdmissionPlan, LoadedModel, Verdict, plan_admission
-from engines.base import Embedded, EngineInfo, Event, Failed, GenerationRequest, Tokenized
+from engines.base import (
+    Embedded,
+    EngineInfo,
+    Event,
+    Failed,
+    GenerationRequest,
+    PromptQuery,
+    PromptText,
+    Tokenized,
+    TokenizerInfo,
+)
 from engines.config import ModelConfig, PoolConfig
 from engines.errors import (
     EngineError,
@@ -61,6 +71,8 @@ class Worker(Protocol):
     async def embed(self, request_id: str, texts: tuple[str, ...]) -> Event: ...
 
     async def tokenize(self, request: GenerationRequest) -> Event: ...
+
+    async def query(self, query: PromptQuery) -> Event: ...
 
     async def stop(self, timeout_s: float = 10.0) -> None: ...
 
@@ -173,6 +185,12 @@ class EnginePool:
             await self._stop_worker(entry, "unloaded by an administrator")
         return self._status(entry)
 
+    def keep_alive(self, name: str, seconds: float | None) -> None:
+        """Keep the loaded model `seconds` idle before unloading it (0: as soon as it is idle;
+        negative: never), instead of its configured keep_alive, until it is next unloaded;
+        None: back to the configured one. Pinned models stay pinned."""
+        self._entry(name).keep_alive_override = seconds
+
     # -- generation ----------------------------------------------------------------------
 
     async def generate(self, name: str, request: GenerationRequest) -> AsyncGenerator[Event, None]:
@@ -197,6 +215,19 @@ class EnginePool:
             raise result.to_error()
         assert isinstance(result, Tokenized), "a worker answers Tokenize with Tokenized or Failed"
         return result.token_ids
+
+    async def query(self, name: str, query: PromptQuery) -> Tokenized | PromptText | TokenizerInfo:
+        """Model `name`'s tokenizer or chat template answers `query` (no slot needed, as for
+        tokenize)."""
+        entry = self._entry(name)
+        if self._closing or self._draining:
+            raise ServerShuttingDownError("the server is shutting down; retry on another replica")
+        worker = await self._ready_worker(entry)
+        result = await worker.query(query)
+        if isinstance(result, Failed):
+            raise result.to_error()
+        assert isinstance(result, Tokenized | PromptText | TokenizerInfo), "a query's answer"
+        return result
 
     async def embed(self, name: str, request_id: str, texts: tuple[str, ...]) -> Embedded:
         """Embeddings of `texts` by model `name`, holding one of its slots meanwhile."""
@@ -482,6 +513,7 @@ class EnginePool:
             return None
         entry.last_exit = reason
         entry.unloaded_on_purpose = True
+        entry.keep_alive_override = None
         log.info("unloading model %s (pid %s): %s", entry.name, worker.pid, reason)
         return worker
 
@@ -538,7 +570,7 @@ class EnginePool:
             await asyncio.sleep(REAPER_INTERVAL_S)
             now = time.monotonic()
             for entry in self._entries.values():
-                keep_alive = entry.config.keep_alive
+                keep_alive = entry.keep_alive
                 if (
                     entry.is_loaded
                     and keep_alive >= 0

@@ -2,7 +2,8 @@
 
 A request becomes token ids here: the chat template renders the conversation (with the tool
 definitions, or the fallback tool instruction for templates without tool support), a raw prompt
-is taken as it is, a suffix asks for fill-in-the-middle. Then the request's own checks: an empty
+is taken as it is (as text, or as token ids checked against the vocabulary), a suffix asks for
+fill-in-the-middle. Then the request's own checks: an empty
 prompt, the context budget, logit_bias token ids. An engine supplies only a `PromptTokenizer`,
 its runtime's way of turning text into ids, so the same request becomes the same prompt and is
 refused for the same reasons whichever engine serves the model.
@@ -36,6 +37,10 @@ class PromptTokenizer(Protocol):
 
     def encode(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
         """Token ids of `text`; `special`: spell-outs of special tokens become those tokens."""
+        ...
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of valid token ids, special tokens spelled out (encode's inverse)."""
         ...
 
 
@@ -75,24 +80,52 @@ class PromptBuilder:
             )
         return self.template.render(request.messages, tools=request.tools)
 
-    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+    def prompt_ids(self, request: GenerationRequest, *, add_special: bool = True) -> list[int]:
+        """The request's prompt as token ids; `add_special` False: no BOS before a raw prompt."""
+        if request.prompt_ids is not None:
+            self.check_ids(request.prompt_ids, "prompt")
+            return list(request.prompt_ids)
         try:
-            return self._prompt_ids(request)
+            return self._prompt_ids(request, add_special)
         except UnicodeEncodeError as error:  # lone surrogates that got past the API's checks
             raise InvalidRequestError(
                 f"the prompt is not valid Unicode text: {error.reason}",
                 param="prompt" if request.prompt is not None else "messages",
             ) from error
 
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        tokenizer = self.tokenizer
+    def adds_bos(self, request: GenerationRequest) -> bool:
+        """Whether the prompt's first token is a BOS the tokenizer added, not the prompt's text."""
+        if request.prompt_ids is not None or request.suffix is not None:
+            return False
+        text = request.prompt if request.prompt is not None else self.render(request)
+        return self._adds_bos_to(text)
+
+    def _adds_bos_to(self, text: str) -> bool:
+        bos = self.template.bos_token if self.template is not None else ""
+        # A template that writes BOS itself must not get a second one.
+        return self.tokenizer.adds_bos and not (bos and text.startswith(bos))
+
+    def _prompt_ids(self, request: GenerationRequest, add_special: bool) -> list[int]:
         if request.suffix is not None:
             return self._fill_in_the_middle(request.prompt or "", request.suffix)
         text = request.prompt if request.prompt is not None else self.render(request)
-        bos = self.template.bos_token if self.template is not None else ""
-        # A template that writes BOS itself must not get a second one.
-        add_bos = tokenizer.adds_bos and not (bos and text.startswith(bos))
-        return tokenizer.encode(text, add_bos=add_bos, special=True)
+        add_bos = self._adds_bos_to(text) and (add_special or request.prompt is None)
+        return self.tokenizer.encode(text, add_bos=add_bos, special=True)
+
+    def check_ids(self, ids: tuple[int, ...] | list[int], param: str) -> None:
+        """Token ids from a client must name tokens of this model (llama.cpp aborts on others)."""
+        size = self.tokenizer.vocab_size
+        for token in ids:
+            if not 0 <= token < size:
+                raise InvalidRequestError(
+                    f"token id {token} is not in this model's vocabulary (0 to {size - 1})",
+                    param=param,
+                )
+
+    def decode(self, ids: tuple[int, ...] | list[int]) -> str:
+        """The text of token ids sent by a client (/detokenize), checked first."""
+        self.check_ids(ids, "tokens")
+        return self.tokenizer.decode(list(ids))
 
     def _fill_in_the_middle(self, prefix: str, suffix: str) -> list[int]:
         markers = self.tokenizer.fim_markers
@@ -117,13 +150,17 @@ class PromptBuilder:
         prompt_ids = self.prompt_ids(request)
         if not prompt_ids:
             raise InvalidRequestError(
-                "the prompt is empty", param="prompt" if request.prompt is not None else "messages"
+                "the prompt is empty",
+                param="messages" if request.messages and request.prompt is None else "prompt",
             )
         budget = completion_budget(
             request, len(prompt_ids), self.context_length, self._default_max_tokens
         )
         self._check_logit_bias(request)
-        return Sequence(request, prompt_ids, budget)
+        sequence = Sequence(request, prompt_ids, budget)
+        if request.prompt_logprobs is not None:
+            sequence.bos_added = self.adds_bos(request)
+        return sequence
 
     def _check_logit_bias(self, request: GenerationRequest) -> None:
         size = self.tokenizer.vocab_size

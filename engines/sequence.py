@@ -10,7 +10,14 @@ from __future__ import annotations
 import codecs
 import time
 
-from engines.base import Finished, FinishReason, GenerationRequest, TokenEvent, TokenLogprob
+from engines.base import (
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    PromptLogprobs,
+    TokenEvent,
+    TokenLogprob,
+)
 from engines.errors import ContextLengthExceededError
 
 
@@ -70,9 +77,12 @@ def completion_budget(
     """How many tokens the request may generate, or ContextLengthExceededError.
 
     An explicit max_tokens must fit beside the prompt (OpenAI's behaviour); a model default is
-    only an upper bound and is clamped to what the context leaves.
+    only an upper bound and is clamped to what the context leaves. max_tokens 0 only scores the
+    prompt, which may then fill the whole context.
     """
     room = context_length - prompt_tokens
+    if request.max_tokens == 0 and room >= 0:
+        return 0
     if request.max_tokens is not None and request.max_tokens > room:
         raise ContextLengthExceededError(
             f"This model's maximum context length is {context_length} tokens. However, you "
@@ -106,6 +116,8 @@ class Sequence:
         self.max_new_tokens = max_new_tokens
         self.completion_tokens = 0
         self.cached_prompt_tokens = 0
+        # The first prompt token is a BOS the tokenizer added (no part of the prompt's text).
+        self.bos_added = False
         self.text = TextReleaser(request.stop)
         self.submitted_at = time.perf_counter()
         self.first_token_at: float | None = None
@@ -122,7 +134,7 @@ class Sequence:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if is_end:
-            return [self.finish("stop")]
+            return [self.finish("stop", end_logprob=logprob)]
         self.completion_tokens += 1
         events: list[TokenEvent | Finished] = [
             TokenEvent(self.request_id, token_id, self.text.push(piece), logprob)
@@ -133,7 +145,21 @@ class Sequence:
             events.append(self.finish("length"))
         return events
 
-    def finish(self, reason: FinishReason) -> Finished:
+    def prefilled(self, prompt: PromptLogprobs | None = None) -> list[PromptLogprobs | Finished]:
+        """Events once the whole prompt is in: its log probabilities when asked for, then the end
+        when the request only scores its prompt (max_tokens 0). Nothing else: sample next."""
+        events: list[PromptLogprobs | Finished] = [] if prompt is None else [prompt]
+        if self.scores_only:
+            self.first_token_at = time.perf_counter()
+            events.append(self.finish("length"))
+        return events
+
+    @property
+    def scores_only(self) -> bool:
+        """max_tokens 0: the prompt is evaluated (for its log probabilities), nothing sampled."""
+        return self.max_new_tokens == 0
+
+    def finish(self, reason: FinishReason, *, end_logprob: TokenLogprob | None = None) -> Finished:
         now = time.perf_counter()
         first = self.first_token_at if self.first_token_at is not None else now
         return Finished(
@@ -146,4 +172,5 @@ class Sequence:
             stop_sequence=self.text.matched if reason == "stop" else None,
             time_to_first_token_s=first - self.submitted_at,
             generation_s=now - first,
+            end_logprob=end_logprob,
         )

@@ -39,6 +39,7 @@ from engines.ipc import (
     FromWorker,
     Loaded,
     LoadFailed,
+    Query,
     Shutdown,
     Submit,
     Tokenize,
@@ -120,6 +121,12 @@ class WorkerLoop:
                 return [Tokenized(request_id, self._engine.prompt_ids(message.request))]
             except Exception as error:
                 return [unexpected_failure(request_id, "tokenizing", error)]
+        elif isinstance(message, Query):
+            request_id = message.query.request_id
+            try:
+                return [self._engine.answer(message.query)]
+            except Exception as error:
+                return [unexpected_failure(request_id, "reading the prompt of", error)]
         return []
 
     def _cancel(self, request_id: str) -> None:

@@ -14,7 +14,7 @@ import socket
 import sys
 from collections.abc import AsyncGenerator
 
-from engines.base import EngineInfo, Event, Failed, Finished, GenerationRequest
+from engines.base import EngineInfo, Event, Failed, Finished, GenerationRequest, PromptQuery
 from engines.config import ModelConfig
 from engines.errors import (
     EngineError,
@@ -27,6 +27,7 @@ from engines.ipc import (
     Embed,
     Events,
     LoadFailed,
+    Query,
     Shutdown,
     Submit,
     Tokenize,
@@ -148,6 +149,10 @@ class WorkerProcess:
     async def tokenize(self, request: GenerationRequest) -> Event:
         """The worker's answer to a tokenize request: Tokenized or Failed."""
         return await self._ask(request.request_id, Tokenize(request))
+
+    async def query(self, query: PromptQuery) -> Event:
+        """The worker's answer to a prompt query: Tokenized, PromptText or Failed."""
+        return await self._ask(query.request_id, Query(query))
 
     async def _ask(self, request_id: str, message: ToWorker) -> Event:
         """Send one message and wait for the one event that answers it."""

@@ -5,7 +5,9 @@ word, then ends. It goes through the real `Sequence` bookkeeping, so stop string
 context limits behave as in the real engines. A user message containing `FAIL_AFTER_2` makes it
 fail after two tokens (to test mid-stream errors); one starting with `SAY:` makes it answer
 exactly the rest of the message, three characters per token (to test tool-call parsing). When
-asked for logprobs it gives each token a made-up one.
+asked for logprobs it gives each token a made-up one; asked for prompt logprobs, each prompt
+word gets -1.0 (max_tokens 0: only those). Its tokenizer has one token per word (ids in order of
+first sight), and its "chat template" joins the messages' words.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from engines.base import (
     Failed,
     Finished,
     GenerationRequest,
+    PromptLogprobs,
+    PromptQuery,
     Tokenized,
     TokenLogprob,
 )
 from engines.config import ModelConfig
-from engines.errors import EngineError, WorkerCrashedError
+from engines.errors import EngineError, InvalidRequestError, WorkerCrashedError
 from engines.sequence import Sequence, completion_budget
 
 FAIL_MARKER = "FAIL_AFTER_2"
@@ -42,6 +46,7 @@ class _Active:
     answer: list[str]
     fails: bool
     position: int = 0
+    prefilled: bool = False
 
 
 class FakeEngine(Engine):
@@ -54,12 +59,45 @@ class FakeEngine(Engine):
             has_chat_template=True,
         )
         self._active: dict[str, _Active] = {}
+        self._vocabulary: dict[str, int] = {}
 
     @staticmethod
     def prompt_words(request: GenerationRequest) -> list[str]:
+        if request.prompt_ids is not None:
+            return [f"t{token}" for token in request.prompt_ids]
         if request.prompt is not None:
             return request.prompt.split()
         return [word for message in request.messages for word in message.content.split()]
+
+    def prompt_ids(self, request: GenerationRequest, *, add_special: bool = True) -> list[int]:
+        if request.prompt_ids is not None:
+            return list(request.prompt_ids)
+        return [
+            self._vocabulary.setdefault(w, len(self._vocabulary))
+            for w in self.prompt_words(request)
+        ]
+
+    def detokenize(self, token_ids: Texts[int]) -> str:
+        words = list(self._vocabulary)
+        if any(not 0 <= token < len(words) for token in token_ids):
+            raise InvalidRequestError("token id not in the fake vocabulary", param="tokens")
+        return " ".join(words[token] for token in token_ids)
+
+    def render_prompt(self, request: GenerationRequest) -> str:
+        return " ".join(self.prompt_words(request))
+
+    def special_tokens(self) -> tuple[str | None, str | None]:
+        return None, "</s>"
+
+    @staticmethod
+    def _prompt_logprobs(sequence: Sequence) -> PromptLogprobs | None:
+        top = sequence.request.prompt_logprobs
+        if top is None:
+            return None
+        words = FakeEngine.prompt_words(sequence.request)
+        alternatives = tuple((f"a{k}".encode(), -0.5 * (k + 1)) for k in range(top))
+        entries = [TokenLogprob(f" {word}".encode(), -1.0, alternatives) for word in words[1:]]
+        return PromptLogprobs(sequence.request_id, words[0].encode(), entries)
 
     def submit(self, request: GenerationRequest) -> Event:
         words = self.prompt_words(request)
@@ -80,6 +118,13 @@ class FakeEngine(Engine):
     def step(self) -> list[Event]:
         events: list[Event] = []
         for request_id, active in list(self._active.items()):
+            if not active.prefilled:
+                active.prefilled = True
+                started = active.sequence.prefilled(self._prompt_logprobs(active.sequence))
+                events.extend(started)
+                if started and isinstance(started[-1], Finished):
+                    del self._active[request_id]
+                    continue
             if active.fails and active.position == 2:
                 del self._active[request_id]
                 events.append(Failed.of(request_id, EngineError("the fake engine failed")))
@@ -197,6 +242,13 @@ class InProcessWorker:
         assert self.engine is not None
         words = self.engine.prompt_words(request)
         return Tokenized(request.request_id, list(range(len(words))))
+
+    async def query(self, query: PromptQuery) -> Event:
+        assert self.engine is not None
+        try:
+            return self.engine.answer(query)
+        except EngineError as error:
+            return Failed.of(query.request_id, error)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         if self._driver is not None:

@@ -74,10 +74,12 @@ async def test_integer_logprobs(server: FakeServer, stream: bool) -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"prompt": [1, 2, 3]}, "prompt"),
         ({"prompt": []}, "prompt"),
+        ({"prompt": [[1, 2], []]}, "prompt"),
+        ({"prompt": [1, 2], "suffix": "x"}, "suffix"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -1}, "max_tokens"),
         ({"best_of": 3}, "best_of"),
-        ({"echo": True, "logprobs": 1}, "echo"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
