@@ -6,8 +6,9 @@ anything unexpected a logged 500 — all in the same envelope.
 
 The envelope follows the API a path belongs to, chosen in one place (`error_response`): the
 Anthropic Messages routes (/v1/messages...) answer Anthropic's
-`{"type": "error", "error": {"type", "message"}}` with the same HTTP status; every other route
-answers OpenAI's. The auth and body-limit middlewares render through the same function.
+`{"type": "error", "error": {"type", "message"}}` with the same HTTP status, the Ollama routes
+(/api/*) Ollama's `{"error": "message"}`; every other route answers OpenAI's. The auth and
+body-limit middlewares render through the same function.
 """
 
 from __future__ import annotations
@@ -177,10 +178,22 @@ def anthropic_error_body(error: OpenAIError) -> dict[str, Any]:
     return AnthropicErrorResponse(error=detail).model_dump()
 
 
+OLLAMA_PREFIX = "/api/"
+
+
+def ollama_error_body(error: OpenAIError) -> dict[str, Any]:
+    """The error in Ollama's shape: `{"error": message}` (the HTTP status says the rest)."""
+    return {"error": error.detail.message}
+
+
 def error_response(path: str, error: OpenAIError) -> JSONResponse:
-    """The error as the API of `path` shapes it: Anthropic's on /v1/messages, OpenAI's elsewhere."""
+    """The error as the API of `path` shapes it: Anthropic's on /v1/messages, Ollama's on
+    /api/*, OpenAI's elsewhere."""
     if is_anthropic_path(path):
         body = anthropic_error_body(error)
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+    if path.startswith(OLLAMA_PREFIX):
+        body = ollama_error_body(error)
         return JSONResponse(body, status_code=error.status_code, headers=error.headers)
     return error.response()
 
@@ -190,7 +203,7 @@ def _respond(request: Request, error: OpenAIError) -> JSONResponse:
     tracker = getattr(request.state, "tracker", None)
     if tracker is not None:
         tracker.failed(error.detail.code)
-    elif request.url.path.startswith("/v1/"):
+    elif request.url.path.startswith(("/v1/", OLLAMA_PREFIX)):
         request.app.state.metrics.count_error("", error.detail.code, request.url.path)
     return error_response(request.url.path, error)
 

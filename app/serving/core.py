@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
@@ -48,10 +49,12 @@ def openai_error_event(error: OpenAIError) -> bytes:
 
 @dataclass(frozen=True)
 class StreamFraming:
-    """How an API frames the end of a stream and an error in its middle."""
+    """How an API frames the end of a stream and an error in its middle, and its content type:
+    None for server-sent events (with pings), else a plain stream of that type (NDJSON)."""
 
     error_event: Callable[[OpenAIError], bytes] = openai_error_event
     terminator: bytes | None = DONE
+    media_type: str | None = None
 
 
 OPENAI_FRAMING = StreamFraming()
@@ -130,8 +133,11 @@ class ServingCore:
                 accepted = until_all_accepted(events, len(generations))
                 first = await until_disconnected(raw_request, accepted)
                 chunks = render_stream(first, events)
+                framed = _framed(request_id, chunks, events, tracker, framing)
+                if framing.media_type is not None:
+                    return StreamingResponse(framed, media_type=framing.media_type)
                 return EventSourceResponse(
-                    _framed(request_id, chunks, events, tracker, framing),
+                    framed,
                     sep="\n",
                     ping=SSE_PING_SECONDS,
                 )

@@ -1,11 +1,11 @@
 """Schemathesis against the live server's own OpenAPI schema, on both real models.
 
 Every generated request (valid and invalid) must get no 5xx, and every 4xx must be in OpenAI's
-error envelope (Anthropic's on /v1/messages); afterwards no worker has restarted. Every request
-field is fuzzed, including n, logprobs, logit_bias, response_format, tools and tool_choice; text
-that JSON can carry but that is no text (lone surrogates), control characters and broken escapes
-are sent in every string field by hand, since Hypothesis's text never holds surrogates. The number
-of examples is bounded so this stays in `make test`.
+error envelope (Anthropic's on /v1/messages, Ollama's on /api/); afterwards no worker has
+restarted. Every request field is fuzzed, including n, logprobs, logit_bias, response_format,
+tools and tool_choice; text that JSON can carry but that is no text (lone surrogates), control
+characters and broken escapes are sent in every string field by hand, since Hypothesis's text
+never holds surrogates. The number of examples is bounded so this stays in `make test`.
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ def call_and_check(case: Any, statuses: list[int]) -> None:
         assert set(body) == {"type", "error"}, response.text
         assert set(body["error"]) == {"type", "message"}, response.text
         assert body["error"]["message"]
+    elif response.status_code >= 400 and case.path.startswith("/api/"):
+        body = response.json()  # Ollama's envelope on Ollama's routes
+        assert set(body) == {"error"}, response.text
+        assert isinstance(body["error"], str), response.text
+        assert body["error"], response.text
     elif response.status_code >= 400:
         body = response.json()
         assert set(body) == {"error"}, response.text
