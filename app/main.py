@@ -25,14 +25,18 @@ from app.routes import (
     health,
     metrics_route,
     models,
+    ollama,
     responses,
+    utility,
 )
 from app.serving.anthropic import AnthropicServing
 from app.serving.chat import ChatServing
 from app.serving.completions import CompletionServing
 from app.serving.core import ServingCore
 from app.serving.embeddings import EmbeddingServing
+from app.serving.ollama import OllamaServing
 from app.serving.responses import ResponsesServing
+from app.serving.utility import UtilityServing
 from app.settings import ServerSettings
 from app.store import open_response_store
 from engines.config import ModelsFile
@@ -73,7 +77,9 @@ def build_app(
         app.state.anthropic_serving = AnthropicServing(core)
         store = open_response_store(settings)
         app.state.responses_serving = ResponsesServing(core, store)
+        app.state.utility_serving = UtilityServing(pool, settings)
         app.state.started_at = int(time.time())
+        app.state.ollama_serving = OllamaServing(core, models_file.models, app.state.started_at)
         await pool.start()
         announce = asyncio.create_task(_announce_ready(pool))
         try:
@@ -108,6 +114,8 @@ def build_app(
     app.include_router(embeddings.router)
     app.include_router(responses.router)
     app.include_router(anthropic.router)
+    app.include_router(utility.router)
+    app.include_router(ollama.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(admin.router)
@@ -130,9 +138,19 @@ async def _announce_ready(pool: EnginePool) -> None:
         log.warning("not ready: a preloaded model failed to load (see above; /ready lists it)")
 
 
+def report_draining(app: FastAPI) -> None:
+    """SIGTERM, at once: report not ready (/ready 503) so load balancers stop sending; new
+    requests are still served until `begin_drain` (after the drain grace)."""
+    if not getattr(app.state, "draining", False):
+        app.state.draining = True
+        log.info("draining: /ready answers 503, new requests are still served for the grace")
+
+
 def begin_drain(app: FastAPI) -> None:
-    """SIGTERM: refuse new generations (503) and report not ready; running ones continue."""
+    """SIGTERM, after the grace: refuse new generations (503 shutting_down) and report not
+    ready; running ones continue."""
+    report_draining(app)
     pool: EnginePool | None = getattr(app.state, "pool", None)
     if pool is not None:
-        log.info("draining: new requests are refused, running ones may finish")
+        log.info("drain grace over: new requests are refused, running ones may finish")
         pool.begin_drain()

@@ -92,10 +92,11 @@ class ServerSettings(BaseSettings):
     )
     response_store: str = Field(
         default="sqlite",
-        pattern=r"^(sqlite(:.+)?|memory)$",
+        pattern=r"^(sqlite(:.+)?|memory|rediss?://.+)$",
         description="Where stored Responses (/v1/responses with store=true) live: `sqlite` (the "
-        "file responses.sqlite3 in data_dir), `sqlite:PATH` (that file), or `memory` (gone at "
-        "restart).",
+        "file responses.sqlite3 in data_dir), `sqlite:PATH` (that file), `memory` (gone at "
+        "restart), or `redis://HOST:PORT/DB` (`rediss://` for TLS): one Redis shared by "
+        "several replicas, so a conversation continues on any of them.",
     )
     response_retention_s: float = Field(
         default=30 * 24 * 3600.0,
@@ -108,11 +109,19 @@ class ServerSettings(BaseSettings):
         ge=1,
         description="Most stored responses kept; storing one more deletes the oldest.",
     )
+    drain_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="On SIGTERM: /ready answers 503 at once, but new requests are still "
+        "served for this long (the time a load balancer needs to see /ready fail and stop "
+        "sending); then new requests get 503 shutting_down. A second signal, or SIGINT, ends "
+        "it early.",
+    )
     drain_timeout_s: float = Field(
         default=30.0,
         ge=0,
-        description="On SIGTERM: how long in-flight requests may take to finish before the "
-        "server stops anyway.",
+        description="On SIGTERM, after the grace (drain_grace_s): how long in-flight requests "
+        "may take to finish before the server stops anyway.",
     )
 
     @field_validator(

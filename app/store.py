@@ -1,7 +1,8 @@
-"""State that outlives a request: stored Responses (SQLite by default).
+"""State that outlives a request: stored Responses (SQLite by default, Redis for a fleet).
 
 `ResponseStore` is the whole interface the Responses adapter uses (put, get, input items,
-delete, close), so that another backend (Redis, shared by several replicas) can stand in later.
+delete, close); SQLite (one file per replica) and Redis (shared by several replicas, so a
+conversation continues on whichever replica the load balancer picks) implement it.
 
 Each stored response is self-contained: its row holds the response object and every input item
 needed to continue from it (earlier turns, this turn's input), so deleting or expiring an older
@@ -14,6 +15,12 @@ fsync with synchronous=NORMAL), created when the first response is stored, so a 
 never stores one writes nothing. Calls run in a worker thread (`asyncio.to_thread`) behind one
 lock: a query is sub-millisecond, but a row can hold a whole conversation and a WAL checkpoint
 does fsync, and the event loop serves every other stream meanwhile.
+
+Redis: one hash per response (its JSON, its input items, when it was stored) that Redis itself
+expires after the retention time, plus a sorted set of ids by time that every write trims by age
+and count in one Lua script (atomic, so replicas writing at once never overshoot). Keys share
+the hash tag `{responses}`, so the script's keys sit in one slot. The synchronous client runs in
+a worker thread like SQLite's calls; it connects on the first call and reconnects by itself.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import redis
 
 from app.settings import ServerSettings
 
@@ -199,8 +208,132 @@ class SqliteResponseStore(ResponseStore):
                 self._connection = None
 
 
+REDIS_PREFIX = "slmserve:{responses}:"
+
+# KEYS[1]: the response's hash, KEYS[2]: the index (ids by time). ARGV: id, now, cutoff,
+# max_count, ttl_ms, response JSON, input items JSON, the hashes' key prefix. Stores, then
+# trims the index (and the hashes it names) by age and count.
+_REDIS_PUT = """
+redis.call('HSET', KEYS[1], 'stored_at', ARGV[2], 'response', ARGV[6], 'input_items', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+for _, id in ipairs(gone) do redis.call('DEL', ARGV[8] .. id) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if extra > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, extra - 1)) do
+        redis.call('DEL', ARGV[8] .. id)
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+"""
+
+# KEYS[1]: the response's hash, KEYS[2]: the index. ARGV: id, cutoff. 1 when it was there.
+_REDIS_DELETE = """
+local stored_at = redis.call('HGET', KEYS[1], 'stored_at')
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if stored_at and tonumber(stored_at) >= tonumber(ARGV[2]) then return 1 end
+return 0
+"""
+
+
+class RedisResponseStore(ResponseStore):
+    """Responses in a Redis shared by several replicas, expired by age and trimmed by count."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retention_s: float,
+        max_count: int,
+        clock: Callable[[], float] = time.time,
+        prefix: str = REDIS_PREFIX,
+    ) -> None:
+        self._retention_s = retention_s
+        self._max_count = max_count
+        self._clock = clock
+        self._prefix = prefix
+        self._index = prefix + "index"
+        self._client = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10
+        )
+        self._put_script = self._client.register_script(_REDIS_PUT)
+        self._delete_script = self._client.register_script(_REDIS_DELETE)
+        self._closed = False
+        where = self._client.connection_pool.connection_kwargs
+        log.info(
+            "response store: redis at %s:%s/%s",
+            where.get("host", "?"),
+            where.get("port", "?"),
+            where.get("db", 0),
+        )
+
+    def _key(self, response_id: str) -> str:
+        return f"{self._prefix}r:{response_id}"
+
+    def _cutoff(self) -> float:
+        return self._clock() - self._retention_s
+
+    async def _call(self, work: Callable[[], T]) -> T:
+        if self._closed:
+            raise RuntimeError("the response store is closed")
+        return await asyncio.to_thread(work)
+
+    async def put(self, response: Json, input_items: list[Json]) -> None:
+        response_id = response["id"]
+        args = [
+            response_id,
+            repr(self._clock()),
+            repr(self._cutoff()),
+            self._max_count,
+            max(1, round(self._retention_s * 1000)),
+            json.dumps(response),
+            json.dumps(input_items),
+            self._key(""),
+        ]
+        keys = [self._key(response_id), self._index]
+        await self._call(lambda: self._put_script(keys=keys, args=args))
+
+    async def _field(self, field: Literal["response", "input_items"], response_id: str) -> Any:
+        found = await self._call(
+            lambda: self._client.hmget(self._key(response_id), ["stored_at", field])
+        )
+        stored_at, value = found
+        if stored_at is None or value is None or float(stored_at) < self._cutoff():
+            return None
+        return json.loads(value)
+
+    async def get(self, response_id: str) -> Json | None:
+        found: Json | None = await self._field("response", response_id)
+        return found
+
+    async def input_items(self, response_id: str) -> list[Json] | None:
+        found: list[Json] | None = await self._field("input_items", response_id)
+        return found
+
+    async def delete(self, response_id: str) -> bool:
+        keys = [self._key(response_id), self._index]
+        args = [response_id, repr(self._cutoff())]
+        deleted = await self._call(lambda: self._delete_script(keys=keys, args=args))
+        return bool(deleted)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+
 def open_response_store(settings: ServerSettings) -> ResponseStore:
     """The store the settings name (`response_store`), bounded by the retention settings."""
+    if settings.response_store.startswith(("redis://", "rediss://")):
+        return RedisResponseStore(
+            settings.response_store,
+            retention_s=settings.response_retention_s,
+            max_count=settings.response_max_count,
+        )
     kind, _, where = settings.response_store.partition(":")
     path: Path | None
     if kind == "memory":

@@ -16,11 +16,11 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """200 once every preloaded model is loaded and warm; 503 (with each model's state) before."""
+    """200 once every preloaded model is loaded and warm; 503 (with each model's state) before,
+    and from the moment a shutdown signal arrives (`draining`: load balancers stop sending)."""
     pool = request.app.state.pool
     states = {status.name: status.state.value for status in pool.statuses()}
-    is_ready = pool.is_ready()
-    return JSONResponse(
-        {"status": "ready" if is_ready else "not_ready", "models": states},
-        status_code=200 if is_ready else 503,
-    )
+    draining = getattr(request.app.state, "draining", False)
+    is_ready = pool.is_ready() and not draining
+    status = "ready" if is_ready else "draining" if draining else "not_ready"
+    return JSONResponse({"status": status, "models": states}, status_code=200 if is_ready else 503)

@@ -1,16 +1,28 @@
-"""The SQLite response store alone: put, get, delete, input items, pruning, reopening."""
+"""The response stores alone, SQLite and a real redis-server: put, get, delete, input items,
+pruning by age and count; SQLite's file (reopening, WAL, schema) and Redis's TTLs on their own."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from pydantic import ValidationError
 
 from app.settings import ServerSettings
-from app.store import STORE_FILE, SqliteResponseStore, open_response_store
+from app.store import (
+    REDIS_PREFIX,
+    STORE_FILE,
+    RedisResponseStore,
+    ResponseStore,
+    SqliteResponseStore,
+    open_response_store,
+)
+from tests.fleet.services import run_redis
 
 
 class Clock:
@@ -39,14 +51,78 @@ def store_at(
     )
 
 
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with run_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+class Backend:
+    """Makes stores of one kind and lists the ids it really holds (expired ones included)."""
+
+    def __init__(self, kind: str, tmp_path: Path, redis_url: str | None) -> None:
+        self.kind = kind
+        self.path = tmp_path / "r.sqlite3"
+        self.redis_url = redis_url
+        self._stores: list[ResponseStore] = []
+
+    def store(
+        self, clock: Clock | None = None, retention_s: float = 3600, max_count: int = 100
+    ) -> ResponseStore:
+        store: ResponseStore
+        if self.redis_url is not None:
+            store = RedisResponseStore(
+                self.redis_url, retention_s=retention_s, max_count=max_count, clock=clock or Clock()
+            )
+        else:
+            path = None if self.kind == "sqlite-memory" else self.path
+            store = store_at(path, clock, retention_s, max_count)
+        self._stores.append(store)
+        return store
+
+    def stored_ids(self) -> list[str]:
+        if self.redis_url is None:
+            return rows(self.path)
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        try:
+            indexed = {str(member) for member in client.zrange(REDIS_PREFIX + "index", 0, -1)}
+            held = {str(key).removeprefix(REDIS_PREFIX + "r:") for key in client.keys("*:r:*")}
+        finally:
+            client.close()
+        assert indexed == held, "the index and the stored hashes agree"
+        return sorted(held)
+
+    def close(self) -> None:
+        for store in self._stores:
+            store.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    url: str | None = None
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(url).flushdb()
+    made = Backend(request.param, tmp_path, url)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
 def rows(path: Path) -> list[str]:
     with sqlite3.connect(path) as connection:
         return [row[0] for row in connection.execute("SELECT id FROM responses ORDER BY id")]
 
 
-@pytest.mark.parametrize("in_memory", [False, True])
-async def test_put_get_input_items_delete(tmp_path: Path, in_memory: bool) -> None:
-    store = store_at(None if in_memory else tmp_path / "r.sqlite3")
+@pytest.mark.parametrize("kind", ["sqlite", "sqlite-memory", "redis"])
+async def test_put_get_input_items_delete(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    if url is not None:
+        redis.Redis.from_url(url).flushdb()
+    store = Backend(kind, tmp_path, url).store()
     try:
         assert await store.get("resp_1") is None
         await store.put(response("resp_1"), items("a", "b"))
@@ -67,10 +143,9 @@ async def test_put_get_input_items_delete(tmp_path: Path, in_memory: bool) -> No
         store.close()
 
 
-async def test_responses_expire_and_are_pruned_by_age(tmp_path: Path) -> None:
-    path = tmp_path / "r.sqlite3"
+async def test_responses_expire_and_are_pruned_by_age(backend: Backend) -> None:
     clock = Clock()
-    store = store_at(path, clock, retention_s=100)
+    store = backend.store(clock, retention_s=100)
     try:
         await store.put(response("old"), [])
         clock.now += 60
@@ -78,31 +153,41 @@ async def test_responses_expire_and_are_pruned_by_age(tmp_path: Path) -> None:
         clock.now += 50  # "old" is 110 s old: past retention, though still in the file
         assert await store.get("old") is None
         assert await store.input_items("old") is None
+        assert backend.stored_ids() == ["newer", "old"]
         assert await store.delete("old") is False
         assert await store.get("newer") == response("newer")
-        assert rows(path) == ["newer", "old"]
         await store.put(response("newest"), [])  # a write prunes
-        assert rows(path) == ["newer", "newest"]
+        assert backend.stored_ids() == ["newer", "newest"]
     finally:
         store.close()
 
 
-async def test_the_newest_are_kept_up_to_the_count(tmp_path: Path) -> None:
-    path = tmp_path / "r.sqlite3"
+async def test_the_newest_are_kept_up_to_the_count(backend: Backend) -> None:
     clock = Clock()
-    store = store_at(path, clock, max_count=3)
+    store = backend.store(clock, max_count=3)
     try:
         for index in range(5):
             clock.now += 1
             await store.put(response(f"r{index}"), items(str(index)))
-        assert rows(path) == ["r2", "r3", "r4"]
+        assert backend.stored_ids() == ["r2", "r3", "r4"]
         assert await store.get("r1") is None
-        # Equal times: the later write is the newer one.
+        # Equal times: SQLite keeps the later writes; Redis orders equal times by id (real
+        # clocks rarely tie).
         await store.put(response("r5"), [])
         await store.put(response("r6"), [])
-        assert rows(path) == ["r4", "r5", "r6"]
+        assert backend.stored_ids() == ["r4", "r5", "r6"]
+        assert await store.input_items("r4") == items("4")
     finally:
         store.close()
+
+
+async def test_a_response_stored_by_one_replica_is_read_by_another(backend: Backend) -> None:
+    replica_a, replica_b = backend.store(), backend.store()
+    await replica_a.put(response("resp_a"), items("a"))
+    assert await replica_b.get("resp_a") == response("resp_a")
+    assert await replica_b.input_items("resp_a") == items("a")
+    assert await replica_b.delete("resp_a") is True
+    assert await replica_a.get("resp_a") is None
 
 
 async def test_responses_survive_reopening_the_file(tmp_path: Path) -> None:
@@ -134,8 +219,8 @@ async def test_only_a_write_creates_the_file(tmp_path: Path) -> None:
         store.close()
 
 
-async def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
-    store = store_at(tmp_path / "r.sqlite3")
+async def test_a_closed_store_refuses_work(backend: Backend) -> None:
+    store = backend.store()
     await store.put(response("resp_1"), [])
     store.close()
     store.close()  # twice is fine
@@ -170,5 +255,45 @@ def test_the_settings_choose_the_store(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert path_of() == tmp_path / "home" / ".local" / "share" / "slmserve" / STORE_FILE
-    with pytest.raises(ValidationError):
-        ServerSettings(response_store="redis://localhost")
+    for wrong in ("redis", "redis:", "postgres://localhost", "sqlite:"):
+        with pytest.raises(ValidationError):
+            ServerSettings(response_store=wrong)
+
+
+def test_a_redis_url_chooses_redis_with_the_same_retention(redis_url: str) -> None:
+    store = open_response_store(
+        ServerSettings(response_store=redis_url, response_retention_s=50, response_max_count=7)
+    )
+    try:
+        assert isinstance(store, RedisResponseStore)
+        assert (store._retention_s, store._max_count) == (50, 7)
+    finally:
+        store.close()
+
+
+async def test_redis_expires_responses_by_itself(redis_url: str) -> None:
+    """Redis deletes an expired response even when nobody writes again (a TTL per key)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    store = RedisResponseStore(redis_url, retention_s=0.3, max_count=10)
+    try:
+        await store.put(response("brief"), items("a"))
+        key = REDIS_PREFIX + "r:brief"
+        assert 0 < client.pttl(key) <= 300
+        assert 0 < client.pttl(REDIS_PREFIX + "index") <= 300
+        assert await store.get("brief") == response("brief")
+        await asyncio.sleep(0.5)
+        assert not client.exists(key)
+        assert await store.get("brief") is None
+    finally:
+        store.close()
+        client.close()
+
+
+async def test_redis_unreachable_is_an_error_not_a_missing_response() -> None:
+    store = RedisResponseStore("redis://127.0.0.1:1/0", retention_s=10, max_count=10)
+    try:
+        with pytest.raises(redis.ConnectionError):
+            await store.get("resp_1")
+    finally:
+        store.close()

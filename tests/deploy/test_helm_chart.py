@@ -79,9 +79,15 @@ def test_default_values_render_a_cpu_deployment_that_validates(
     chart: helm.Chart, tmp_path: Path
 ) -> None:
     manifests = render(chart)
-    assert set(manifests) == {"ConfigMap", "Deployment", "PersistentVolumeClaim", "Service"}
+    assert set(manifests) == {
+        "ConfigMap",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "Service",
+    }
     output = validate(manifests, tmp_path)
-    assert output.count("passed") == 4
+    assert output.count("passed") == 5
     pod = manifests["Deployment"]["spec"]["template"]["spec"]
     server = pod["containers"][0]
     assert server["image"] == "slmserve:0.1.0-cpu"
@@ -97,6 +103,47 @@ def test_default_values_render_a_cpu_deployment_that_validates(
     assert "SLMSERVE_ADMIN_KEY" not in {e["name"] for e in server["env"]}
 
 
+def test_rollouts_and_node_drains_keep_pods_serving(chart: helm.Chart, tmp_path: Path) -> None:
+    """A rollout adds a ready pod before one drains; a node drain evicts one pod at a time; the
+    pre-stop pause stands in for the server's own drain grace (not both)."""
+    manifests = render(chart, {"replicaCount": 3})
+    validate(manifests, tmp_path)
+    deployment = manifests["Deployment"]
+    strategy = deployment["spec"]["strategy"]
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    budget = manifests["PodDisruptionBudget"]["spec"]
+    assert budget == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["SLMSERVE_DRAIN_GRACE_S"] == "0"
+    assert pod["terminationGracePeriodSeconds"] == 30 + 5 + 10
+    # Without the pre-stop pause the server's grace does its job, and the pod waits for it.
+    manifests = render(chart, {"server": {"preStopSleepSeconds": 0}})
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["SLMSERVE_DRAIN_GRACE_S"] == "5"
+    assert pod["terminationGracePeriodSeconds"] == 30 + 5 + 10
+    assert "lifecycle" not in pod["containers"][0]
+    # minAvailable (a count or a percentage) replaces maxUnavailable; the budget can be off.
+    for minimum in (2, "50%"):
+        values = {
+            "podDisruptionBudget": {"minAvailable": minimum},
+            "rollingUpdate": {"maxSurge": "25%"},
+        }
+        manifests = render(chart, values)
+        validate({"PodDisruptionBudget": manifests["PodDisruptionBudget"]}, tmp_path)
+        assert set(manifests["PodDisruptionBudget"]["spec"]) == {"minAvailable", "selector"}
+        assert manifests["PodDisruptionBudget"]["spec"]["minAvailable"] == minimum
+        assert manifests["Deployment"]["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == "25%"
+    assert "PodDisruptionBudget" not in render(chart, {"podDisruptionBudget": {"enabled": False}})
+
+
 def test_gpu_values_render_gpu_requests_and_an_hpa_on_waiting_requests(
     chart: helm.Chart, tmp_path: Path
 ) -> None:
@@ -105,7 +152,7 @@ def test_gpu_values_render_gpu_requests_and_an_hpa_on_waiting_requests(
     # kubernetes-validate has no schema for prometheus-operator's ServiceMonitor (a CRD).
     service_monitor = manifests.pop("ServiceMonitor")
     output = validate(manifests, tmp_path)
-    assert output.count("passed") == 5
+    assert output.count("passed") == 6
     deployment = manifests["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     server = pod["containers"][0]
@@ -171,6 +218,11 @@ def test_kubernetes_validate_does_reject_a_bad_manifest(chart: helm.Chart, tmp_p
         ({"server": {"adminKey": {"existingSecret": "s", "secretKey": "a/b"}}}, "secretKey"),
         ({"server": {"adminKey": {"secret": "s"}}}, "secret"),
         ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
+        ({"podDisruptionBudget": {"maxUnavailable": 0}}, "maxUnavailable"),
+        ({"podDisruptionBudget": {"minAvailable": "half"}}, "minAvailable"),
+        ({"podDisruptionBudget": {"maxUnavaliable": 1}}, "maxUnavaliable"),
+        ({"rollingUpdate": {"maxSurge": 0}}, "maxSurge"),
+        ({"rollingUpdate": {"maxUnavailable": 1}}, "maxUnavailable"),
         ({"unknown": True}, "unknown"),
     ],
 )
