@@ -39,7 +39,7 @@ from app.protocol_anthropic import (
 )
 from app.serving.core import CLIENT_CLOSED_REQUEST, ServingCore, StreamFraming
 from app.serving.disconnect import ClientDisconnected, until_disconnected
-from app.serving.generation import ChoiceEvent, check_max_tokens, unsupported
+from app.serving.generation import ChoiceEvent, check_max_tokens, collected, unsupported
 from app.serving.tool_calls import (
     ToolCallStream,
     ToolPlan,
@@ -384,23 +384,9 @@ class AnthropicServing:
     def _log_finished(
         self, body: MessagesRequest, request_id: str, finished: Finished, text: str
     ) -> None:
-        """One line per message: sizes and timings always; content only if log_prompts."""
-        log.info(
-            "%s model=%s user=%s prompt_tokens=%d cached=%d completion_tokens=%d finish=%s "
-            "ttft=%.3fs generation=%.3fs",
-            request_id,
-            body.model,
-            (body.metadata.user_id if body.metadata else None) or "-",
-            finished.prompt_tokens,
-            finished.cached_prompt_tokens,
-            finished.completion_tokens,
-            finished.finish_reason,
-            finished.time_to_first_token_s,
-            finished.generation_s,
-        )
-        if self._settings.log_prompts:
-            messages = [message.model_dump(exclude_none=True) for message in body.messages]
-            log.info("%s messages=%s output=%r", request_id, messages, text)
+        user = body.metadata.user_id if body.metadata else None
+        messages = [message.model_dump(exclude_none=True) for message in body.messages]
+        self._core.log_finished(request_id, body.model, user, finished, text, prompt=messages)
 
     async def create(self, body: MessagesRequest, raw_request: Request) -> Response:
         if unknown := body.unknown_fields():
@@ -446,16 +432,7 @@ class AnthropicServing:
         tools: ToolPlan,
         events: AsyncGenerator[ChoiceEvent, None],
     ) -> AnthropicMessage:
-        texts: list[str] = []
-        finished: Finished | None = None
-        async for _, event in events:
-            if isinstance(event, TokenEvent):
-                texts.append(event.text)
-            elif isinstance(event, Finished):
-                texts.append(event.text)
-                finished = event
-        assert finished is not None, "the pool ends every request with Finished or an error"
-        text = "".join(texts)
+        text, finished = await collected(events)
         self._log_finished(body, request_id, finished, text)
         calls = []
         if tools.mode == "forced":

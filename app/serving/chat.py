@@ -282,26 +282,11 @@ class ChatServing:
         self._core = core
         self._settings = core.settings
 
-    def _log_finished(
-        self, request_id: str, body: ChatCompletionRequest, finished: Finished, text: str
-    ) -> None:
-        """One line per choice: sizes and timings always; content only if log_prompts."""
-        log.info(
-            "%s model=%s user=%s prompt_tokens=%d cached=%d completion_tokens=%d finish=%s "
-            "ttft=%.3fs generation=%.3fs",
-            finished.request_id,
-            body.model,
-            body.user or "-",
-            finished.prompt_tokens,
-            finished.cached_prompt_tokens,
-            finished.completion_tokens,
-            finished.finish_reason,
-            finished.time_to_first_token_s,
-            finished.generation_s,
+    def _log_finished(self, body: ChatCompletionRequest, finished: Finished, text: str) -> None:
+        messages = [message.model_dump(exclude_none=True) for message in body.messages]
+        self._core.log_finished(
+            finished.request_id, body.model, body.user, finished, text, prompt=messages
         )
-        if self._settings.log_prompts:
-            messages = [message.model_dump(exclude_none=True) for message in body.messages]
-            log.info("%s messages=%s output=%r", request_id, messages, text)
 
     async def create(self, body: ChatCompletionRequest, raw_request: Request) -> Response:
         if unknown := body.unknown_fields():
@@ -347,7 +332,7 @@ class ChatServing:
         results = []
         for index in range(choices):
             text, done = "".join(texts[index]), finished[index]
-            self._log_finished(request_id, body, done, text)
+            self._log_finished(body, done, text)
             calls = []
             if tools.mode == "forced":
                 calls = forced_calls(text, tools)
@@ -400,7 +385,7 @@ class ChatServing:
             if isinstance(event, Finished):
                 finished[index] = event
                 rendered = stream.finish(event, chunks)
-                self._log_finished(request_id, body, event, "".join(stream.sent))
+                self._log_finished(body, event, "".join(stream.sent))
                 if include_usage and len(finished) == len(streams):
                     rendered.append(chunks.usage(_usage([finished[i] for i in sorted(finished)])))
                 return rendered

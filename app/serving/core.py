@@ -26,7 +26,7 @@ from app.serving.disconnect import ClientDisconnected, until_disconnected
 from app.serving.generation import ChoiceEvent, generate_choices, observed, until_all_accepted
 from app.serving.sse import DONE, error_event
 from app.settings import ServerSettings
-from engines.base import GenerationRequest
+from engines.base import Finished, GenerationRequest
 from engines.errors import EngineError
 from engines.pool import EnginePool
 
@@ -101,6 +101,33 @@ class ServingCore:
         self.pool = pool
         self.metrics = metrics
         self.settings = settings
+
+    def log_finished(
+        self,
+        request_id: str,
+        model: str,
+        user: str | None,
+        finished: Finished,
+        text: str,
+        prompt: object = None,
+    ) -> None:
+        """One line per generation: sizes and timings always; its prompt and text only with
+        log_prompts (off by default: prompts are the users' data)."""
+        log.info(
+            "%s model=%s user=%s prompt_tokens=%d cached=%d completion_tokens=%d finish=%s "
+            "ttft=%.3fs generation=%.3fs",
+            request_id,
+            model,
+            user or "-",
+            finished.prompt_tokens,
+            finished.cached_prompt_tokens,
+            finished.completion_tokens,
+            finished.finish_reason,
+            finished.time_to_first_token_s,
+            finished.generation_s,
+        )
+        if self.settings.log_prompts:
+            log.info("%s prompt=%s output=%r", request_id, prompt, text)
 
     def track(self, raw_request: Request, model: str, api: str) -> RequestTracker:
         """The request's metrics tracker, made before planning so that a refusal while planning

@@ -17,7 +17,7 @@ from app.errors import OpenAIError
 from app.metrics import RequestTracker
 from app.protocol import GenerationFields
 from app.settings import ServerSettings
-from engines.base import Accepted, Event, GenerationRequest
+from engines.base import Accepted, Event, Finished, GenerationRequest, TokenEvent
 from engines.errors import EngineError
 from engines.pool import EnginePool
 from engines.sampling import SamplingParams
@@ -120,6 +120,20 @@ async def generate_choices(
     finally:
         for task in tasks:  # a failed or abandoned request takes its other choices down
             task.cancel()
+
+
+async def collected(events: AsyncGenerator[ChoiceEvent, None]) -> tuple[str, Finished]:
+    """The whole text and the Finished event of a one-choice generation."""
+    texts: list[str] = []
+    finished: Finished | None = None
+    async for _, event in events:
+        if isinstance(event, TokenEvent):
+            texts.append(event.text)
+        elif isinstance(event, Finished):
+            texts.append(event.text)
+            finished = event
+    assert finished is not None, "the pool ends every request with Finished or an error"
+    return "".join(texts), finished
 
 
 async def until_all_accepted(

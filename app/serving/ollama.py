@@ -61,7 +61,7 @@ from app.protocol_ollama import (
 )
 from app.serving.core import CLIENT_CLOSED_REQUEST, Events, ServingCore, StreamFraming
 from app.serving.disconnect import ClientDisconnected, until_disconnected
-from app.serving.generation import ChoiceEvent, check_max_tokens, unsupported
+from app.serving.generation import ChoiceEvent, check_max_tokens, collected, unsupported
 from app.serving.ollama_models import ModelFacts, iso_time, model_facts
 from app.serving.tool_calls import (
     ToolPlan,
@@ -573,33 +573,7 @@ class OllamaServing:
             log.info("ignoring unknown request fields: %s", ", ".join(unknown))
 
     def _log_finished(self, request_id: str, model: str, finished: Finished, text: str) -> None:
-        log.info(
-            "%s model=%s prompt_tokens=%d cached=%d completion_tokens=%d finish=%s "
-            "ttft=%.3fs generation=%.3fs",
-            request_id,
-            model,
-            finished.prompt_tokens,
-            finished.cached_prompt_tokens,
-            finished.completion_tokens,
-            finished.finish_reason,
-            finished.time_to_first_token_s,
-            finished.generation_s,
-        )
-        if self._settings.log_prompts:
-            log.info("%s output=%r", request_id, text)
-
-    @staticmethod
-    async def _collect(events: Events) -> tuple[str, Finished]:
-        texts: list[str] = []
-        finished: Finished | None = None
-        async for _, event in events:
-            if isinstance(event, TokenEvent):
-                texts.append(event.text)
-            elif isinstance(event, Finished):
-                texts.append(event.text)
-                finished = event
-        assert finished is not None, "the pool ends every request with Finished or an error"
-        return "".join(texts), finished
+        self._core.log_finished(request_id, model, None, finished, text)
 
     async def _chat_answer(
         self,
@@ -609,7 +583,7 @@ class OllamaServing:
         tools: ToolPlan,
         events: Events,
     ) -> ChatResponse:
-        text, finished = await self._collect(events)
+        text, finished = await collected(events)
         self._log_finished(request_id, body.model, finished, text)
         calls = _calls_out(text, tools, finished)
         message = ResponseMessage(content="" if calls else text, tool_calls=calls or None)
@@ -628,7 +602,7 @@ class OllamaServing:
         clock: _Clock,
         events: Events,
     ) -> GenerateResponse:
-        text, finished = await self._collect(events)
+        text, finished = await collected(events)
         self._log_finished(request_id, body.model, finished, text)
         return GenerateResponse(
             model=body.model,

@@ -53,7 +53,7 @@ from app.protocol_responses import (
     ResponseObject,
 )
 from app.serving.core import ServingCore, StreamFraming
-from app.serving.generation import check_max_tokens, unsupported
+from app.serving.generation import check_max_tokens, collected, unsupported
 from app.serving.responses_output import (
     Events,
     EventStream,
@@ -69,7 +69,7 @@ from app.serving.tool_calls import (
     plan_function_tools,
 )
 from app.store import ResponseStore
-from engines.base import Finished, GenerationRequest, JsonConstraint, Message, TokenEvent
+from engines.base import Finished, GenerationRequest, JsonConstraint, Message
 from engines.errors import ContextLengthExceededError
 from engines.sampling import SamplingParams
 
@@ -467,16 +467,8 @@ class ResponsesServing:
         return best, kept(high)
 
     async def _complete(self, turn: Turn, events: Events) -> ResponseObject:
-        texts: list[str] = []
-        finished: Finished | None = None
-        async for _, event in events:
-            if isinstance(event, TokenEvent):
-                texts.append(event.text)
-            elif isinstance(event, Finished):
-                texts.append(event.text)
-                finished = event
-        assert finished is not None, "the pool ends every request with Finished or an error"
-        output = output_items(turn, "".join(texts), finished)
+        text, finished = await collected(events)
+        output = output_items(turn, text, finished)
         response = turn.response(status_of(finished), output, usage_of(finished))
         await self._keep(turn, response, finished)
         return response

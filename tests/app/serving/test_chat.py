@@ -318,3 +318,14 @@ async def test_unknown_fields_are_accepted_and_logged(
         response = await server.client.post(URL, json=chat(frobnicate=True, vendor_extra={"a": 1}))
     assert response.status_code == 200
     assert "frobnicate, vendor_extra" in caplog.text
+
+
+async def test_finished_requests_are_logged_without_their_content_by_default(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="slmserve.serving"):
+        response = await server.client.post(URL, json=chat("secret words here"))
+    assert response.status_code == 200
+    assert "prompt_tokens=3" in caplog.text
+    assert "completion_tokens=3" in caplog.text
+    assert "secret" not in caplog.text, "prompts are the users' data: only with log_prompts"
