@@ -22,6 +22,8 @@ from pathlib import Path
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slmserve"
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release",
+    # One self-contained binary: the build folder (and its shared libraries) is thrown away.
+    "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_BUILD_UI=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_OPENSSL=OFF",
@@ -37,7 +39,7 @@ def _log(line: str) -> None:
 
 def binary_path(version: str | None = None) -> Path:
     version = version or metadata.version("llama-cpp-python")
-    return CACHE / f"llama-server-{version}" / "llama-server"
+    return CACHE / f"llama-server-{version}-static" / "llama-server"
 
 
 def _sources(version: str, work: Path) -> Path:
@@ -75,7 +77,6 @@ def build(version: str | None = None) -> Path:
             stdout=subprocess.DEVNULL,
         )
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Linked statically by default (BUILD_SHARED_LIBS is off for a top-level build).
         shutil.copy2(build_dir / "bin" / "llama-server", target)
     return target
 
