@@ -212,37 +212,32 @@ class ResponseMessage(OllamaBody):
 DoneReason = Literal["stop", "length", "load", "unload"]
 
 
-class ChatResponse(OllamaBody):
-    """One object of /api/chat: a piece of the reply (done false), or the last (done true: the
-    reason and the statistics, in nanoseconds, real measurements)."""
+class _Reply(OllamaBody):
+    """What every /api/chat and /api/generate object carries: a piece of the reply (done false),
+    or the last (done true: the reason and the statistics, in nanoseconds, real measurements)."""
 
     model: str
     created_at: str
+    done: bool
+    done_reason: DoneReason | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+
+
+class ChatResponse(_Reply):
+    """One object of /api/chat."""
+
     message: ResponseMessage
-    done: bool
-    done_reason: DoneReason | None = None
-    total_duration: int | None = None
-    load_duration: int | None = None
-    prompt_eval_count: int | None = None
-    prompt_eval_duration: int | None = None
-    eval_count: int | None = None
-    eval_duration: int | None = None
 
 
-class GenerateResponse(OllamaBody):
-    """One object of /api/generate; like ChatResponse, with `response` for the text."""
+class GenerateResponse(_Reply):
+    """One object of /api/generate, with `response` for the text."""
 
-    model: str
-    created_at: str
     response: str
-    done: bool
-    done_reason: DoneReason | None = None
-    total_duration: int | None = None
-    load_duration: int | None = None
-    prompt_eval_count: int | None = None
-    prompt_eval_duration: int | None = None
-    eval_count: int | None = None
-    eval_duration: int | None = None
 
 
 class EmbedResponse(OllamaBody):
