@@ -19,7 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from engines.convert_architectures import builder_refusal, gguf_refusal
+from engines.gguf_header import GGUFHeaderError, metadata_string
 
 Precision = Literal["int4", "fp16", "fp32"]
 TargetProvider = Literal["cpu", "cuda", "dml"]
@@ -92,6 +95,50 @@ def is_up_to_date(source: Path, output: Path, precision: str, provider: str) -> 
     return recorded == _record_for(source, precision, provider)
 
 
+def check_architecture(source: Path) -> str:
+    """The source's architecture, read cheaply; ConversionError when it cannot be converted,
+    so that a hopeless conversion stops before the minute-long reading step."""
+    if source.is_file():
+        try:
+            architecture = metadata_string(source, "general.architecture")
+        except (GGUFHeaderError, OSError) as error:
+            raise ConversionError(f"{source} cannot be read as a GGUF file: {error}") from error
+        if architecture is None:
+            raise ConversionError(f"{source} names no general.architecture in its metadata")
+        if refusal := gguf_refusal(architecture):
+            raise ConversionError(refusal)
+        return architecture
+    config = _read_config(source / "config.json")
+    architecture = _architecture_name(config)
+    if refusal := builder_refusal(architecture, config.get("model_type")):
+        raise ConversionError(refusal)
+    return architecture
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    if not config_path.is_file():
+        raise ConversionError(
+            f"{config_path.parent} has no config.json: not a Hugging Face model folder"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as error:
+        raise ConversionError(f"{config_path} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ConversionError(f"{config_path} is not a JSON object")
+    return config
+
+
+def _architecture_name(config: dict[str, Any]) -> str:
+    architectures = config.get("architectures")
+    if architectures:
+        return str(architectures[0])
+    model_type = str(config.get("model_type", ""))
+    if not model_type:
+        raise ConversionError("config.json names neither architectures nor model_type")
+    return model_type.capitalize() + "ForCausalLM"
+
+
 def _gguf_to_hf(gguf_file: Path, hf_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -115,22 +162,19 @@ def _gguf_to_hf(gguf_file: Path, hf_dir: Path) -> None:
 def _prepare_hf_config(hf_dir: Path) -> None:
     """The builder refuses "quantized" configs and dispatches on `architectures`."""
     config_path = hf_dir / "config.json"
-    if not config_path.is_file():
-        raise ConversionError(f"{hf_dir} has no config.json: not a Hugging Face model folder")
-    config = json.loads(config_path.read_text())
+    config = _read_config(config_path)
     config.pop("quantization_config", None)
-    if not config.get("architectures"):
-        model_type = str(config.get("model_type", ""))
-        if not model_type:
-            raise ConversionError(f"{config_path} names neither architectures nor model_type")
-        config["architectures"] = [model_type.capitalize() + "ForCausalLM"]
+    config["architectures"] = [_architecture_name(config)]
+    if refusal := builder_refusal(config["architectures"][0], config.get("model_type")):
+        raise ConversionError(refusal)  # transformers read the GGUF as something else
     config_path.write_text(json.dumps(config, indent=2))
 
 
 def _run_builder(
     hf_dir: Path, output: Path, precision: str, provider: str, cache: Path, log_path: Path
 ) -> None:
-    command = [sys.executable, "-m", "onnxruntime_genai.models.builder"]
+    # onnxruntime-genai's builder, on configs normalised to the layout it reads.
+    command = [sys.executable, "-m", "engines.onnx_builder"]
     command += ["-i", str(hf_dir), "-o", str(output), "-p", precision, "-e", provider]
     command += ["-c", str(cache)]
     with log_path.open("w") as log_file:
@@ -172,15 +216,16 @@ def convert(
         raise ConversionError(
             f"conversion needs {', '.join(missing)}; install them with: {CONVERT_INSTALL}"
         )
+    architecture = check_architecture(source)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slmserve-convert-") as scratch:
         work = Path(scratch)
         if source.is_file():
-            progress(f"[1/3] reading {source.name} with transformers' GGUF loader")
+            progress(f"[1/3] reading {source.name} ({architecture}) with transformers' GGUF loader")
             hf_dir = work / "hf"
             _gguf_to_hf(source, hf_dir)
         else:
-            progress(f"[1/3] using the Hugging Face folder {source}")
+            progress(f"[1/3] using the Hugging Face folder {source} ({architecture})")
             hf_dir = work / "hf"
             shutil.copytree(source, hf_dir)
         _prepare_hf_config(hf_dir)
