@@ -6,18 +6,22 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEFAULT_MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 ONNX_MODEL := models/SmolLM2-135M-Instruct-onnx-int4-cpu
+# A second model family for the tests: Gemma 3 270M (a base model), GGUF and converted ONNX.
+GEMMA_MODEL := models/gemma-3-270m-q4_k_m.gguf
+GEMMA_ONNX_MODEL := models/gemma-3-270m-onnx-int4-cpu
 # Exactly one ONNX Runtime GenAI build per environment: cpu here (cuda / directml elsewhere).
 EXTRAS ?= dev,convert,cpu,bench,deploy
 
 # Root, or through sudo, for the Debian packages the deploy checks install when missing.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help install models run lint test test-fast test-e2e test-deploy test-fleet test-tools deploy-tools fleet-tools image bench soak clean
+.PHONY: help install models test-models run lint test test-fast test-e2e test-deploy test-fleet test-tools deploy-tools fleet-tools image bench soak clean
 
 help:
 	@echo "make run    - set up, fetch the default model, serve it on 127.0.0.1:8000"
 	@echo "make test   - set up, lint (ruff + mypy), run the whole test suite"
 	@echo "make models - fetch the default GGUF model and build its ONNX version in models/"
+	@echo "make test-models - also Gemma 3 270M (GGUF and ONNX), the tests' second model family"
 	@echo "make lint   - ruff and mypy"
 	@echo "make test-deploy - Prometheus/Grafana checks, the CPU image and the Helm chart"
 	@echo "make test-fleet - two replicas behind HAProxy (Redis store, Prometheus), restarted under load"
@@ -42,6 +46,14 @@ $(ONNX_MODEL)/genai_config.json: $(DEFAULT_MODEL) | $(STAMP)
 
 models: $(DEFAULT_MODEL) $(ONNX_MODEL)/genai_config.json
 
+$(GEMMA_MODEL): | $(STAMP)
+	$(BIN)/slmserve fetch-model --model gemma-3-270m --dest models
+
+$(GEMMA_ONNX_MODEL)/genai_config.json: $(GEMMA_MODEL) | $(STAMP)
+	$(BIN)/slmserve convert $(GEMMA_MODEL) --output $(GEMMA_ONNX_MODEL) --precision int4 --provider cpu
+
+test-models: models $(GEMMA_MODEL) $(GEMMA_ONNX_MODEL)/genai_config.json
+
 # SLMSERVE_HOST, SLMSERVE_PORT, SLMSERVE_MODELS (and every other SLMSERVE_* setting) apply.
 run: install models
 	$(BIN)/slmserve serve
@@ -51,13 +63,13 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install models lint test-tools
+test: install test-models lint test-tools
 	$(BIN)/pytest -m "not deploy and not fleet"
 
 test-fast: install test-tools
 	$(BIN)/pytest -m "not e2e and not fleet"
 
-test-e2e: install models
+test-e2e: install test-models
 	$(BIN)/pytest -m e2e
 
 # Side by side in one run: slmserve, llama-cpp-python's server, the bare engines.
