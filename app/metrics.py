@@ -3,13 +3,16 @@
 Two kinds of data:
 - per request, observed where tokens leave the front end (`RequestTracker`): time to first
   token, inter-token latency, end-to-end latency, queue time, token counts (the engine's own,
-  from the final usage), outcomes; plus the prefill and decode times the worker measured where
-  tokens are produced. The per-token cost is one clock read and one histogram observation.
+  from the final usage, including the prompt tokens its prefix cache served), outcomes; plus
+  the prefill and decode times the worker measured where tokens are produced. The per-token
+  cost is one clock read and one histogram observation.
 - per model state (running, waiting, loaded, memory, restarts), read from the pool only when
   Prometheus scrapes (`PoolCollector`): nothing on the hot path.
 
-Throughput is left to PromQL (`rate(slmserve_generation_tokens_total[1m])`): no
-average-since-start gauges that hide regressions. Each app owns its registry.
+Throughput and the prefix-cache hit rate are left to PromQL
+(`rate(slmserve_generation_tokens_total[1m])`, `rate(slmserve_prefix_cache_hits_total[5m]) /
+rate(slmserve_prefix_cache_queries_total[5m])`): no average-since-start gauges that hide
+regressions. Each app owns its registry.
 """
 
 from __future__ import annotations
@@ -168,6 +171,20 @@ class ServerMetrics:
         self.generation_tokens = Counter(
             "slmserve_generation_tokens", "Tokens generated.", labels, registry=self.registry
         )
+        # vLLM's pair: both count tokens, so that hits / queries is the share of prompt
+        # tokens that were not evaluated again.
+        self.prefix_cache_queries = Counter(
+            "slmserve_prefix_cache_queries",
+            "Prompt tokens of finished requests, looked up in the prefix cache.",
+            labels,
+            registry=self.registry,
+        )
+        self.prefix_cache_hits = Counter(
+            "slmserve_prefix_cache_hits",
+            "Prompt tokens served from the prefix cache (a KV cache a previous request left).",
+            labels,
+            registry=self.registry,
+        )
         self.request_success = Counter(
             "slmserve_request_success",
             "Requests that ended normally, by API and finish reason (stop, length, abort: "
@@ -281,17 +298,22 @@ class RequestTracker:
             metrics.time_to_first_token.labels(*labels).observe(time.monotonic() - self._arrived)
         generated = sum(event.completion_tokens for event in self._finished.values())
         # Like usage: each prompt once, however many choices it has.
-        prompt = sum(
-            event.prompt_tokens
+        one_per_prompt = [
+            event
             for index, event in self._finished.items()
             if index % self._choices_per_prompt == 0
-        )
+        ]
+        prompt = sum(event.prompt_tokens for event in one_per_prompt)
         metrics.e2e_latency.labels(*labels).observe(time.monotonic() - self._arrived)
         metrics.prefill_time.labels(*labels).observe(first.time_to_first_token_s)
         metrics.decode_time.labels(*labels).observe(first.generation_s)
         metrics.prompt_tokens_per_request.labels(*labels).observe(prompt)
         metrics.generation_tokens_per_request.labels(*labels).observe(generated)
         metrics.prompt_tokens.labels(*labels).inc(prompt)
+        metrics.prefix_cache_queries.labels(*labels).inc(prompt)
+        metrics.prefix_cache_hits.labels(*labels).inc(
+            sum(event.cached_prompt_tokens for event in one_per_prompt)
+        )
         metrics.generation_tokens.labels(*labels).inc(generated)
         metrics.request_success.labels(*labels, self._api, first.finish_reason).inc()
         self._done = True

@@ -9,8 +9,9 @@ GGUF servers, interleaved over rounds (bench/rounds.py; same model, slots, conte
                            llama-cpp-python vendors (bench/native_server.py)
   peer llama_cpp.server    llama-cpp-python's own server, same GGUF, same build
 Then, one run each: the engines driven directly (in-process, no server: the ceiling), slmserve
-on the ONNX model (interleaved generators, and og.Engine batches), and /health latency while
-slmserve prefills a ~1,000-token prompt, on each engine.
+on the ONNX model (interleaved generators, and og.Engine batches), the second turn of ~1,000-token
+conversations against their first on the ONNX engine (prefix reuse, bench/multi_turn.py), and
+/health latency while slmserve prefills a ~1,000-token prompt, on each engine.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from bench import http_load, inprocess, native_server, report, rounds
+from bench import http_load, inprocess, multi_turn, native_server, report, rounds
 from bench.health_probe import health_during_prefill, summary
 from bench.measure import LevelResult
 from bench.processes import free_port, peer_command, serve, slmserve_command
@@ -100,6 +101,17 @@ def run_inprocess(
         engine.close()
 
 
+def run_multi_turn(config: dict[str, Any]) -> multi_turn.MultiTurnResult:
+    engine = OnnxEngine(ModelConfig.model_validate(config))
+    try:
+        engine.warmup()
+        result = multi_turn.measure(engine)
+    finally:
+        engine.close()
+    log(f"  second-turn / first-turn TTFT: {result.ratio:.3f}")
+    return result
+
+
 def gguf_servers(work: Path) -> list[rounds.Server]:
     """The three GGUF servers with the same slots, context per slot and threads."""
     gguf_only = work / "gguf.yaml"
@@ -140,6 +152,8 @@ async def main(quick: bool, output: Path) -> int:
         log("in-process engines")
         results += run_inprocess(INPROCESS_GGUF, configs[0], levels)
         results += run_inprocess(INPROCESS_ONNX, configs[1], levels)
+        log("multi-turn prefix reuse, onnx in-process")
+        conversations = run_multi_turn(configs[1])
 
         models_file = work / "models.yaml"
         models_file.write_text(yaml.safe_dump({"models": configs}))
@@ -179,6 +193,12 @@ async def main(quick: bool, output: Path) -> int:
         "",
         *report.table(results),
         "",
+        f"Multi-turn prefix reuse on the ONNX engine in-process: {multi_turn.ROUNDS} "
+        f"conversations, each a ~1,000-token first turn then a second turn sending it again "
+        f"with one more question (greedy, max_tokens {multi_turn.MAX_TOKENS}):",
+        "",
+        *conversations.table(),
+        "",
         "/health latency while slmserve prefills a long prompt:",
         "",
         "| model | prompt tokens | probes | p50 ms | p99 ms | max ms |",
@@ -192,6 +212,7 @@ async def main(quick: bool, output: Path) -> int:
         "Targets:",
         "",
         *rounds.targets(runs, SLMSERVE_GGUF, NATIVE, PEER),
+        conversations.check(),
         *(
             report.check(
                 f"/health p99 ms during a long prefill ({model})",

@@ -59,6 +59,7 @@ from engines.errors import (
 from engines.json_grammar import json_object_grammar, json_schema_grammar
 from engines.json_schema import constraint_schema
 from engines.logprobs import PromptScorer, token_logprob
+from engines.prefix_reuse import common_prefix_length, continues
 from engines.prompting import PromptBuilder
 from engines.sampling import OPENAI_DEFAULTS, SamplingParams
 from engines.sequence import Sequence
@@ -70,8 +71,6 @@ log = logging.getLogger("slmserve.engines.gguf")
 BATCH_TOKENS = 512
 # Prompt tokens admitted per step while other slots are generating: bounds their token latency.
 PREFILL_CHUNK_WHILE_DECODING = 128
-# A request "continues" a slot's cache when the shared prefix keeps this much of it.
-CONTINUATION_SHARE = 0.75
 # Copy another slot's cache when it shares this many more prompt tokens: a copy moves the whole
 # sequence buffer (llama.cpp copies across sequences only whole), worth it past a few tokens.
 MIN_PREFIX_COPY_TOKENS = 16
@@ -93,15 +92,6 @@ def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> 
 
 # Created once and kept alive for the process: llama.cpp stores the raw function pointer.
 _LLAMA_LOG_CALLBACK = llama_cpp.llama_log_callback(_forward_llama_log)
-
-
-def _common_prefix_length(first: list[int], second: list[int]) -> int:
-    length = 0
-    for a, b in zip(first, second, strict=False):
-        if a != b:
-            break
-        length += 1
-    return length
 
 
 @dataclass(slots=True)
@@ -512,22 +502,22 @@ class GGUFEngine(Engine):
     @staticmethod
     def _choose_slot(free: list[_Slot], prompt: list[int]) -> _Slot:
         """The free slot this prompt continues, else the least recently used one."""
-        shared = {slot.seq_id: _common_prefix_length(slot.cached, prompt) for slot in free}
+        shared = {slot.seq_id: common_prefix_length(slot.cached, prompt) for slot in free}
         best = max(free, key=lambda slot: shared[slot.seq_id])
-        if best.cached and shared[best.seq_id] >= CONTINUATION_SHARE * best.n_past:
+        if continues(best.n_past, shared[best.seq_id]):
             return best
         return min(free, key=lambda slot: slot.last_admitted)
 
     def _prepare_prefix(self, slot: _Slot, prompt: list[int]) -> int:
         """Leave in the slot's cache the longest prefix of `prompt` on offer; returns its length."""
-        shared = _common_prefix_length(slot.cached, prompt)
+        shared = common_prefix_length(slot.cached, prompt)
         donor = max(
             (other for other in self._slots if other is not slot),
-            key=lambda other: _common_prefix_length(other.cached, prompt),
+            key=lambda other: common_prefix_length(other.cached, prompt),
             default=None,
         )
         if donor is not None:
-            offered = _common_prefix_length(donor.cached, prompt)
+            offered = common_prefix_length(donor.cached, prompt)
             if offered >= shared + MIN_PREFIX_COPY_TOKENS:
                 llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
                 # Whole sequences only (-1, -1): llama.cpp asserts on partial cross-stream copies.

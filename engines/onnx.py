@@ -3,8 +3,10 @@
 Concurrent requests are scheduled by engines/onnx_scheduling.py: interleaved generators (every
 sampling option) or og.Engine batches, as the model's `batching` setting says. og samples
 natively (temperature, top_p, top_k, repetition penalty, seed); OpenAI's presence and frequency
-penalties and min_p are applied to the logits where the scheduler allows it. The chat template
-comes from the folder and is rendered by the same code as for GGUF models.
+penalties and min_p are applied to the logits where the scheduler allows it. Interleaved
+generators are kept after their requests end, so that a conversation that continues prefills
+only its new tokens (engines/onnx_prefix_cache.py). The chat template comes from the folder and
+is rendered by the same code as for GGUF models.
 
 og's bindings hold the GIL through a whole prefill: this engine only ever runs inside its own
 worker process.
@@ -82,6 +84,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _post_processor_starts_with(tokenizer_file: dict[str, Any], token: str | None) -> bool:
+    """Whether tokenizer.json's post-processor puts `token` first in a single sequence (how
+    Gemma's converted tokenizer says it wants BOS, with no add_bos_token in its config)."""
+    processor = tokenizer_file.get("post_processor")
+    if token is None or not isinstance(processor, dict):
+        return False
+    single = processor.get("single")
+    if processor.get("type") != "TemplateProcessing" or not isinstance(single, list) or not single:
+        return False
+    first = single[0].get("SpecialToken") if isinstance(single[0], dict) else None
+    return isinstance(first, dict) and first.get("id") == token
+
+
 class OgTokenizer:
     """onnxruntime-genai's tokenizer in the shape prompt building wants (engines/prompting.py).
 
@@ -92,9 +107,10 @@ class OgTokenizer:
         self._tokenizer = tokenizer
         self.vocab_size = vocab_size
         config = _read_json(folder / "tokenizer_config.json")
+        tokenizer_file = _read_json(folder / "tokenizer.json")
         special = {
             str(token.get("content")): int(token["id"])
-            for token in _read_json(folder / "tokenizer.json").get("added_tokens", [])
+            for token in tokenizer_file.get("added_tokens", [])
             if isinstance(token, dict) and "id" in token
         }
         self._special_text = {token: text for text, token in special.items()}
@@ -102,7 +118,10 @@ class OgTokenizer:
         self.eos_text = _token_text(config.get("eos_token")) or None
         bos = special.get(_token_text(config.get("bos_token")))
         self._bos_id = bos
-        self.adds_bos = bool(config.get("add_bos_token")) and bos is not None
+        adds_bos = config.get("add_bos_token")
+        if adds_bos is None:  # transformers 5 says it in the tokenizer's post-processor only
+            adds_bos = _post_processor_starts_with(tokenizer_file, self.bos_text)
+        self.adds_bos = bool(adds_bos) and bos is not None
         self.fim_markers: tuple[int, int, int] | None = next(
             (
                 (special[p], special[s], special[m])
@@ -169,6 +188,8 @@ class OnnxEngine(Engine):
         self._vocab_size = int(genai_config["model"]["vocab_size"])
         self._valid_guidance: set[str] = set()
         self._context_length = min(config.context_length or DEFAULT_CONTEXT_CAP, trained)
+        window = genai_config["model"]["decoder"].get("sliding_window") or {}
+        min_length = int(window.get("window_size") or 0)
         template = self._load_template(folder, config)
         tokenizer = OgTokenizer(self._tokenizer, folder, self._vocab_size)
         self._special_tokens = (tokenizer.bos_text, tokenizer.eos_text)
@@ -186,11 +207,24 @@ class OnnxEngine(Engine):
         self._scheduler: Scheduler
         if batching == "engine":
             self._scheduler = OgEngineBatches(
-                og, self._model, self._tokenizer, eos_ids, config.parallel, self._context_length
+                og,
+                self._model,
+                self._tokenizer,
+                eos_ids,
+                config.parallel,
+                self._context_length,
+                min_length,
             )
         else:
             self._scheduler = InterleavedGenerators(
-                og, self._model, self._tokenizer, eos_ids, config.parallel, tokenizer.piece
+                og,
+                self._model,
+                self._tokenizer,
+                eos_ids,
+                config.parallel,
+                tokenizer.piece,
+                self._context_length,
+                min_length,
             )
         log.info("scheduling concurrent requests with %s", batching)
         self.info = EngineInfo(

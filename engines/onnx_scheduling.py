@@ -3,6 +3,8 @@
 `InterleavedGenerators` gives each request its own `og.Generator` (own KV cache) and advances
 every one by a token per step: continuous (a new request starts at the next step), fair, and
 every sampling option works, since the logits can be edited between forward pass and sampling.
+A finished request's generator is parked (engines/onnx_prefix_cache.py): a request continuing
+its conversation takes it, rewinds it to the shared prefix and prefills only the new tokens.
 
 `OgEngineBatches` hands requests to `og.Engine`, which runs them as one batch. On CUDA the
 runtime batches continuously with paged attention; on CPU it batches statically (a request that
@@ -13,6 +15,7 @@ logits hook, so presence/frequency penalties and min_p are refused in this mode.
 from __future__ import annotations
 
 import json
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +35,17 @@ from engines.base import (
 from engines.errors import EngineError, InvalidRequestError
 from engines.json_schema import constraint_schema
 from engines.logprobs import PromptScorer, token_logprob
+from engines.onnx_prefix_cache import (
+    IdleGenerator,
+    IdleGenerators,
+    SearchOptions,
+    max_length_with_room,
+    search_options_key,
+)
 from engines.sampling import SamplingParams
 from engines.sequence import Sequence
+
+log = logging.getLogger("slmserve.engines.onnx")
 
 
 def guidance_schema(constraint: JsonConstraint) -> str:
@@ -60,6 +72,8 @@ class Scheduler(Protocol):
     def close(self) -> None: ...
 
 
+# Prompt tokens a reused generator evaluates again, at least (see _start).
+REEVALUATED_TOKENS = 2
 # Prompt tokens appended per call when the prompt's logits are wanted: og returns the logits
 # of every appended position, so this bounds that buffer (128 x vocab floats).
 SCORING_CHUNK = 128
@@ -71,6 +85,9 @@ class _GeneratorSlot:
     generator: Any  # og.Generator
     stream: Any  # og.TokenizerStream
     sampling: SamplingParams
+    max_length: int  # KV positions the generator holds
+    options: SearchOptions
+    parkable: bool  # whether another request may reuse the generator once this one ends
     counts: dict[int, int] = field(default_factory=dict)  # for presence/frequency penalties
     # Events due once the prompt is in (its log probabilities; the end of a scoring request).
     prefilled: list[Event] = field(default_factory=list)
@@ -97,13 +114,22 @@ class InterleavedGenerators:
         eos_ids: set[int],
         parallel: int,
         piece: Callable[[int], bytes],
+        context_length: int,
+        min_length: int = 0,
     ):
         self._og, self._model, self._tokenizer = og, model, tokenizer
         self._piece = piece  # a token's bytes, for log probabilities
         self._eos_ids = eos_ids
         self._parallel = parallel
+        self._context_length = context_length
+        # KV positions every generator needs: a sliding-window model's window (og refuses a
+        # cache smaller than the window, whatever the request's length).
+        self._min_length = min_length
         self._slots: dict[str, _GeneratorSlot] = {}
         self._waiting: deque[tuple[Sequence, SamplingParams]] = deque()
+        # Running and parked generators together hold at most the KV of `parallel` full
+        # contexts: the bound a GGUF model's slots have.
+        self.idle = IdleGenerators(max_count=parallel, max_positions=parallel * context_length)
 
     def check(self, request: GenerationRequest, sampling: SamplingParams) -> None:
         return None  # everything is supported
@@ -119,11 +145,14 @@ class InterleavedGenerators:
             if waiting[0].request_id == request_id:
                 self._waiting.remove(waiting)
                 return
-        self._slots.pop(request_id, None)
+        slot = self._slots.pop(request_id, None)
+        if slot is not None:  # between two steps: its cache is consistent
+            self._park(slot)
 
     def close(self) -> None:
         self._slots.clear()
         self._waiting.clear()
+        self.idle.clear()
 
     def step(self) -> list[Event]:
         events: list[Event] = []
@@ -135,22 +164,75 @@ class InterleavedGenerators:
                 events.append(unexpected_failure(sequence.request_id, "starting", error))
                 continue
             events.extend(started.prefilled)
-            if not (started.prefilled and isinstance(started.prefilled[-1], Finished)):
+            if started.prefilled and isinstance(started.prefilled[-1], Finished):
+                self._park(started)
+            else:
                 self._slots[sequence.request_id] = started
         for request_id, slot in list(self._slots.items()):
             try:
                 produced = self._advance(slot)
-            except Exception as error:
+            except Exception as error:  # the generator is in an unknown state: dropped
                 produced = [unexpected_failure(request_id, "generating", error)]
             events.extend(produced)
             if isinstance(produced[-1], Finished | Failed):
                 del self._slots[request_id]
+                if isinstance(produced[-1], Finished):
+                    self._park(slot)
         return events
 
     def _start(self, sequence: Sequence, sampling: SamplingParams) -> _GeneratorSlot:
-        params = self._og.GeneratorParams(self._model)
+        options = self._search_options(sampling)
+        key = search_options_key(options)
+        prompt = np.asarray(sequence.prompt_ids, dtype=np.int32)
+        needed = len(prompt) + max(1, sequence.max_new_tokens)
+        # Seeded sampling must repeat its text: only a new generator starts its random
+        # generator from the seed. og's guidance keeps grammar state: never shared either.
+        parkable = sequence.request.constraint is None and "random_seed" not in options
+        scorer = PromptScorer.of(sequence, self._piece)
+        reused = None
+        if parkable and scorer is None:  # scoring needs every prompt position's logits
+            reused = self.idle.take(sequence.prompt_ids, key, needed)
+        if reused is not None:
+            idle, shared = reused
+            generator, max_length = idle.generator, idle.max_length
+            # Prompt tokens evaluated again: at least the last (its logits give token one), and
+            # one more so that og runs its prompt kernels (one token alone takes its decoding
+            # kernels, whose logits differ in the last digits from a cold prefill's).
+            sequence.cached_prompt_tokens = max(0, min(shared, len(prompt) - REEVALUATED_TOKENS))
+            # Should og raise here, the generator is lost with the request: never parked.
+            generator.rewind_to(sequence.cached_prompt_tokens)
+            generator.append_tokens(prompt[sequence.cached_prompt_tokens :])
+            log.debug(
+                "request %s continues a parked generator: %d of %d prompt tokens cached",
+                sequence.request_id,
+                sequence.cached_prompt_tokens,
+                len(prompt),
+            )
+        else:
+            # Room for a next turn that continues it (a chat sends the conversation again).
+            max_length = max_length_with_room(needed, self._context_length) if parkable else needed
+            max_length = max(max_length, self._min_length)
+            self.idle.make_room(max_length + sum(s.max_length for s in self._slots.values()))
+            generator = self._new_generator(sequence, {**options, "max_length": max_length})
+            self._prefill(generator, prompt, scorer)
+        stream = self._tokenizer.create_stream()
+        slot = _GeneratorSlot(sequence, generator, stream, sampling, max_length, key, parkable)
+        slot.prefilled = list(sequence.prefilled(None if scorer is None else scorer.event()))
+        return slot
+
+    @staticmethod
+    def _prefill(generator: Any, prompt: np.ndarray, scorer: PromptScorer | None) -> None:
+        if scorer is None:
+            generator.append_tokens(prompt)
+            return
+        # After append_tokens, og's "logits" output holds every appended position's.
+        for start in range(0, len(prompt), SCORING_CHUNK):
+            generator.append_tokens(prompt[start : start + SCORING_CHUNK])
+            scorer.score_rows(np.asarray(generator.get_output("logits")), start)
+
+    @staticmethod
+    def _search_options(sampling: SamplingParams) -> dict[str, Any]:
         options: dict[str, Any] = {
-            "max_length": len(sequence.prompt_ids) + max(1, sequence.max_new_tokens),
             "do_sample": not sampling.is_greedy,
             "repetition_penalty": sampling.repetition_penalty or 1.0,
         }
@@ -161,23 +243,27 @@ class InterleavedGenerators:
             seed = sampling.seed_u32()
             if seed is not None:
                 options["random_seed"] = seed
+        return options
+
+    def _new_generator(self, sequence: Sequence, options: dict[str, Any]) -> Any:
+        params = self._og.GeneratorParams(self._model)
         params.set_search_options(**options)
         constraint = sequence.request.constraint
         if constraint is not None:
             params.set_guidance("json_schema", guidance_schema(constraint))
-        generator = self._og.Generator(self._model, params)
-        prompt = np.asarray(sequence.prompt_ids, dtype=np.int32)
-        scorer = PromptScorer.of(sequence, self._piece)
-        if scorer is None:
-            generator.append_tokens(prompt)
-        else:
-            # After append_tokens, og's "logits" output holds every appended position's.
-            for start in range(0, len(prompt), SCORING_CHUNK):
-                generator.append_tokens(prompt[start : start + SCORING_CHUNK])
-                scorer.score_rows(np.asarray(generator.get_output("logits")), start)
-        slot = _GeneratorSlot(sequence, generator, self._tokenizer.create_stream(), sampling)
-        slot.prefilled = list(sequence.prefilled(None if scorer is None else scorer.event()))
-        return slot
+        return self._og.Generator(self._model, params)
+
+    def _park(self, slot: _GeneratorSlot) -> None:
+        """Keep the generator of a request that ended normally or was cancelled."""
+        if not slot.parkable:
+            return
+        # og feeds a sampled token to the model only at the next step: the last token of the
+        # sequence has no keys and values in the cache yet.
+        try:
+            held = [int(token) for token in slot.generator.get_sequence(0)][:-1]
+        except RuntimeError:  # a generator og no longer answers for is not worth keeping
+            return
+        self.idle.park(IdleGenerator(slot.generator, held, slot.max_length, slot.options))
 
     def _advance(self, slot: _GeneratorSlot) -> list[Event]:
         top = slot.sequence.request.logprobs
@@ -247,10 +333,12 @@ class OgEngineBatches:
         eos_ids: set[int],
         parallel: int,
         context_length: int,
+        min_length: int = 0,
     ):
         self._og, self._tokenizer = og, tokenizer
         self._eos_ids = eos_ids
         self._context_length = context_length
+        self._min_length = min_length  # a sliding window's size (see InterleavedGenerators)
         self._engine = og.Engine(model)
         batch = int(self._engine.get_capabilities().configured_max_batch_size or parallel)
         self._capacity = max(1, min(parallel, batch))
@@ -350,7 +438,7 @@ class OgEngineBatches:
 
     def _start(self, sequence: Sequence, sampling: SamplingParams) -> None:
         options = self._og.RequestOptions()
-        options.set_max_session_tokens(self._context_length)
+        options.set_max_session_tokens(max(self._context_length, self._min_length))
         request = self._engine.create_request(options=options)
         turn = self._og.TurnOptions(request)
         turn.set_do_sample(not sampling.is_greedy)

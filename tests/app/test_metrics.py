@@ -1,9 +1,11 @@
-"""/metrics on the fake engine: errors counted once, with bounded labels."""
+"""/metrics on the fake engine: errors counted once, with bounded labels; token counters."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from app.metrics import ServerMetrics
+from engines.base import Finished
 from tests.app.conftest import FAKE_MODEL, FakeServer
 from tests.fakes import FAIL_MARKER
 from tests.metrics_text import value
@@ -86,3 +88,32 @@ async def test_outcomes_carry_the_api_they_came_through(server: FakeServer) -> N
     assert value(text, success, api="completions", model=FAKE_MODEL) == 1
     errors = "slmserve_request_errors_total"
     assert value(text, errors, api="completions", code="model_not_found") == 1
+
+
+async def test_prefix_cache_counters_follow_usage(server: FakeServer) -> None:
+    await server.client.post(URL, json=chat("a b c"))
+    await server.client.post(URL, json=chat("d e", n=2))
+    text = await scrape(server)
+    # Each prompt once (like usage); the fake engine caches nothing.
+    assert value(text, "slmserve_prefix_cache_queries_total", model=FAKE_MODEL) == 5
+    assert value(text, "slmserve_prefix_cache_hits_total", model=FAKE_MODEL) == 0
+
+
+def finished(request_id: str, prompt: int, cached: int) -> Finished:
+    return Finished(request_id, "stop", "", prompt, 1, cached_prompt_tokens=cached)
+
+
+def test_prefix_cache_hits_count_the_cached_prompt_tokens_once_per_prompt() -> None:
+    metrics = ServerMetrics()
+    # Two choices of one prompt: its tokens once, whatever the second choice found cached.
+    two_choices = metrics.track("m", "chat_completions", choices=2, choices_per_prompt=2)
+    two_choices.observe(finished("a", prompt=10, cached=7), index=0)
+    two_choices.observe(finished("a", prompt=10, cached=9), index=1)
+    # Two prompts (a completions request with a list of prompts): each counts.
+    two_prompts = metrics.track("m", "completions", choices=2, choices_per_prompt=1)
+    two_prompts.observe(finished("b", prompt=4, cached=3), index=0)
+    two_prompts.observe(finished("b", prompt=6, cached=0), index=1)
+    text = metrics.render().decode()
+    assert value(text, "slmserve_prefix_cache_queries_total") == 10 + 4 + 6
+    assert value(text, "slmserve_prefix_cache_hits_total") == 7 + 3
+    assert value(text, "slmserve_prompt_tokens_total") == 10 + 4 + 6

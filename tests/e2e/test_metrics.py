@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+from openai.types import CompletionUsage
 
 from tests.e2e.conftest import ChatMessages, Target
 from tests.metrics_text import value
@@ -25,10 +26,15 @@ def scrape(target: Target) -> str:
     return response.text
 
 
+def cached(usage: CompletionUsage) -> int:
+    details = usage.prompt_tokens_details
+    return 0 if details is None or details.cached_tokens is None else details.cached_tokens
+
+
 def test_counters_match_usage_and_histograms_count_requests(target: Target) -> None:
     labels = {"model": target.model}
     before = scrape(target)
-    prompt_tokens = generation_tokens = requests_with_tokens = 0
+    prompt_tokens = generation_tokens = requests_with_tokens = cached_tokens = 0
     streamed, plain = 3, 2
     for index in range(streamed):
         messages: ChatMessages = [{"role": "user", "content": f"Give me fact number {index}."}]
@@ -46,6 +52,7 @@ def test_counters_match_usage_and_histograms_count_requests(target: Target) -> N
         prompt_tokens += usage.prompt_tokens
         generation_tokens += usage.completion_tokens
         requests_with_tokens += usage.completion_tokens > 0
+        cached_tokens += cached(usage)
     for index in range(plain):
         completion = target.client.chat.completions.create(
             model=target.model,
@@ -56,6 +63,7 @@ def test_counters_match_usage_and_histograms_count_requests(target: Target) -> N
         prompt_tokens += completion.usage.prompt_tokens
         generation_tokens += completion.usage.completion_tokens
         requests_with_tokens += completion.usage.completion_tokens > 0
+        cached_tokens += cached(completion.usage)
     after = scrape(target)
 
     def moved(name: str, **extra: str) -> float:
@@ -63,6 +71,8 @@ def test_counters_match_usage_and_histograms_count_requests(target: Target) -> N
 
     assert moved("slmserve_prompt_tokens_total") == prompt_tokens
     assert moved("slmserve_generation_tokens_total") == generation_tokens
+    assert moved("slmserve_prefix_cache_queries_total") == prompt_tokens
+    assert moved("slmserve_prefix_cache_hits_total") == cached_tokens
     assert moved("slmserve_request_success_total") == streamed + plain
     for histogram in HISTOGRAMS:
         assert moved(f"{histogram}_count") == streamed + plain, histogram
