@@ -93,6 +93,40 @@ def test_one_loaded_model_alternates_with_eviction(
     assert httpx.get(f"{server.base_url}/ready").status_code == 200
 
 
+def test_one_loaded_model_alternates_between_two_families_and_engines(
+    start_server: ServerStarter,
+    smol: Callable[..., dict[str, Any]],
+    gemma_model_path: Path,
+    gemma_onnx_model_path: Path,
+) -> None:
+    """Eviction between different real models: SmolLM2 (GGUF), Gemma 3 (GGUF and ONNX)."""
+    base = {"context_length": 1024, "parallel": 1, "preload": False}
+    server = start_server(
+        [
+            smol("smollm2"),
+            {"name": "gemma3", "engine": "gguf", "path": str(gemma_model_path), **base},
+            {"name": "gemma3-onnx", "engine": "onnx", "path": str(gemma_onnx_model_path), **base},
+        ],
+        {"max_loaded_models": 1},
+    )
+    client = openai_client(server)
+    previous = "smollm2"
+    for name in ["gemma3", "smollm2", "gemma3-onnx", "gemma3", "smollm2"]:
+        if name == "smollm2":
+            ask(server, name)
+        else:  # a base model: raw prompts only
+            completion = client.completions.create(
+                model=name, prompt="The capital of France is", max_tokens=4, temperature=0
+            )
+            assert completion.choices[0].text
+        models = server.models()
+        assert models[name]["state"] == "ready"
+        assert models[previous]["state"] == "unloaded"
+        assert models[previous]["state_reason"] == f"evicted to make room for {name}"
+        assert worker_pids(server) == {models[name]["pid"]}
+        previous = name
+
+
 def test_keep_alive_unloads_an_idle_worker_and_the_next_request_reloads(
     start_server: ServerStarter, smol: Callable[..., dict[str, Any]]
 ) -> None:
