@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -129,7 +130,7 @@ TINY_SHAPE = {
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
-TINY_ARCHITECTURES = {
+TINY_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "MistralForCausalLM": ("MistralConfig", {"sliding_window": None}),
     "Qwen2ForCausalLM": ("Qwen2Config", {}),
     "Qwen3ForCausalLM": ("Qwen3Config", {"head_dim": 16}),
