@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_PATH = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SLMSERVE_TEST_GGUF: another GGUF in its place (bench/gpu/run.sh, on a machine without it).
+DEFAULT_MODEL_PATH = Path(
+    os.environ.get("SLMSERVE_TEST_GGUF") or REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+)
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 ONNX_MODEL_PATH = REPO / "models" / "SmolLM2-135M-Instruct-onnx-int4-cpu"
 ONNX_MODEL_NAME = "smollm2-135m-instruct-onnx"

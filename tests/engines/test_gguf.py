@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
+import llama_cpp
 import pytest
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from engines.base import Accepted, Failed, Finished, GenerationRequest, Message, TokenEvent
-from engines.config import ModelConfig
+from engines.config import ModelConfig, Provider
 from engines.errors import ModelLoadError
 from engines.gguf import GGUFEngine
 from engines.sampling import SamplingParams
 
+# cpu here; cuda on a GPU machine (bench/gpu/run.sh): every layer offloaded.
+PROVIDER = cast(Provider, os.environ.get("SLMSERVE_TEST_PROVIDER", "cpu"))
 GREEDY = SamplingParams(temperature=0.0)
 QUESTIONS = [
     "What is the capital of France?",
@@ -27,7 +32,12 @@ QUESTIONS = [
 @pytest.fixture(scope="module")
 def engine(default_model_path: Path) -> Iterator[GGUFEngine]:
     config = ModelConfig(
-        name="smol", engine="gguf", path=default_model_path, parallel=4, context_length=1024
+        name="smol",
+        engine="gguf",
+        path=default_model_path,
+        parallel=4,
+        context_length=1024,
+        provider=PROVIDER,
     )
     loaded = GGUFEngine(config)
     yield loaded
@@ -67,7 +77,7 @@ def run_together(engine: GGUFEngine, requests: list[GenerationRequest]) -> dict[
 
 def test_info(engine: GGUFEngine) -> None:
     assert engine.info.engine == "gguf"
-    assert engine.info.provider == "cpu"
+    assert engine.info.provider == PROVIDER
     assert engine.info.context_length == 1024
     assert engine.info.has_chat_template
 
@@ -166,6 +176,8 @@ def test_context_length_exceeded_is_reported_at_submit(engine: GGUFEngine) -> No
 def test_unavailable_provider_fails_to_load(
     default_model_path: Path, provider: str, message: str
 ) -> None:
+    if provider == "cuda" and llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama-cpp-python build offloads to a GPU")
     config = ModelConfig(name="x", engine="gguf", path=default_model_path, provider=provider)  # type: ignore[arg-type]
     with pytest.raises(ModelLoadError, match=message):
         GGUFEngine(config)
@@ -201,7 +213,13 @@ def test_multi_turn_reuses_the_cached_prefix_with_identical_output(
     assert warm.cached_prompt_tokens >= first_done.prompt_tokens
     assert warm.cached_prompt_tokens < warm.prompt_tokens
     cold_engine = GGUFEngine(
-        ModelConfig(name="cold", engine="gguf", path=default_model_path, context_length=1024)
+        ModelConfig(
+            name="cold",
+            engine="gguf",
+            path=default_model_path,
+            context_length=1024,
+            provider=PROVIDER,
+        )
     )
     try:
         cold_text, cold = run_alone(cold_engine, follow_up)
@@ -226,7 +244,7 @@ def test_a_new_conversation_copies_a_shared_prefix_from_another_slot(
     def fresh_engine(parallel: int) -> GGUFEngine:
         config = ModelConfig(
             name="fresh", engine="gguf", path=default_model_path, context_length=512,
-            parallel=parallel,
+            parallel=parallel, provider=PROVIDER,
         )  # fmt: skip
         return GGUFEngine(config)
 
