@@ -27,6 +27,7 @@ from engines.onnx import OnnxEngine
 from engines.onnx_prefix_cache import IdleGenerator, IdleGenerators, SearchOptions
 from engines.onnx_scheduling import InterleavedGenerators
 from engines.sampling import SamplingParams
+from tests.engines.test_onnx import run_alone
 
 GREEDY = SamplingParams(temperature=0.0)
 GREEDY_OPTIONS: SearchOptions = (("do_sample", False), ("repetition_penalty", 1.0))
@@ -111,17 +112,6 @@ def idle_generators(engine: OnnxEngine) -> IdleGenerators:
     scheduler = engine._scheduler
     assert isinstance(scheduler, InterleavedGenerators)
     return scheduler.idle
-
-
-def run_alone(engine: OnnxEngine, request: GenerationRequest) -> tuple[str, Finished]:
-    text = ""
-    for event in engine.generate(request):
-        if isinstance(event, Failed):
-            raise event.to_error()
-        if isinstance(event, TokenEvent | Finished):
-            text += event.text
-    assert isinstance(event, Finished)
-    return text, event
 
 
 def run_cold(cold: OnnxEngine, request: GenerationRequest) -> tuple[str, Finished]:
