@@ -1,8 +1,8 @@
 """Two model families on both engines: SmolLM2-135M (Llama, a chat model) and Gemma 3 270M (a
 base model, no chat template), each as GGUF and as ONNX converted by `slmserve convert`, served
 side by side by one server. Completions streamed and not, log probabilities, prompt scoring;
-chat to the base model is a 400 while SmolLM2 keeps chatting beside it; and how often the
-converted model's greedy next token is the GGUF model's."""
+chat to the base model is a 400 while SmolLM2 keeps chatting beside it, and it embeds (GGUF);
+and how often the converted model's greedy next token is the GGUF model's."""
 
 from __future__ import annotations
 
@@ -165,3 +165,13 @@ def test_each_model_reports_its_own_card(families_server: LiveServer) -> None:
     for name, (engine, _, _) in MODELS.items():
         assert cards[name]["state"] == "ready"
         assert cards[name]["engine"] == engine
+
+
+def test_the_base_model_embeds_on_gguf_and_onnx_says_it_cannot(client: openai.OpenAI) -> None:
+    embedded = client.embeddings.create(model="gemma3-gguf", input=["hello world", "goodbye"])
+    assert [len(item.embedding) for item in embedded.data] == [640, 640]
+    assert embedded.usage.prompt_tokens > 0
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="gemma3-onnx", input="hello world")
+    assert refused.value.param == "model"
+    assert "onnx models cannot produce embeddings" in refused.value.message
