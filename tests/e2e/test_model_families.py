@@ -46,8 +46,8 @@ AGREEMENT_PROMPTS = [
     "Paris is to France as Berlin is to",
 ]
 # Below this, a conversion has gone wrong, not merely requantized. Measured here: int4 (the
-# GGUF dequantized, then quantized again) agrees on 11-12/20 (SmolLM2) and 15/20 (Gemma 3):
-# near ties flip; an fp32 conversion of SmolLM2 on 20/20; Gemma 3 without its BOS on 3/20.
+# GGUF dequantized, then quantized again) agrees on 11-12/20 (SmolLM2) and 15/20 (Gemma 3);
+# an fp32 conversion of SmolLM2 on 20/20; Gemma 3 without its BOS on 3/20.
 AGREEMENT_FLOOR = 0.5
 
 
