@@ -163,6 +163,24 @@ def test_cancel_frees_the_slot_for_the_next_request(engine: GGUFEngine) -> None:
     assert seen[-1].completion_tokens == 5
 
 
+def test_short_prompts_start_in_the_next_step_while_a_long_one_prefills(
+    engine: GGUFEngine,
+) -> None:
+    engine.submit(ask(QUESTIONS[1], "running", max_tokens=60))
+    while not any(isinstance(event, TokenEvent) for event in engine.step()):
+        pass
+    engine.submit(ask("Summarise: " + "the river bends past the mill. " * 60, "long"))
+    for index in range(2):
+        engine.submit(ask(QUESTIONS[index + 2], f"short-{index}", max_tokens=4))
+    started = {event.request_id for event in engine.step() if isinstance(event, TokenEvent)}
+    # The long prompt takes one chunk of this step; the short ones are not held behind it.
+    assert started == {"running", "short-0", "short-1"}
+    for request_id in ("running", "long", "short-0", "short-1"):
+        engine.cancel(request_id)
+    while engine.has_work():
+        engine.step()
+
+
 def test_context_length_exceeded_is_reported_at_submit(engine: GGUFEngine) -> None:
     event = engine.submit(ask("hello " * 1100))
     assert isinstance(event, Failed)
@@ -236,6 +254,32 @@ def test_the_same_prompt_again_reuses_all_but_its_last_token(engine: GGUFEngine)
     again_text, again = run_alone(engine, request)
     assert again.cached_prompt_tokens == again.prompt_tokens - 1
     assert again_text == text
+
+
+def test_a_question_asked_again_reuses_its_cache_and_leaves_the_first_one_whole(
+    engine: GGUFEngine,
+) -> None:
+    for index, other in enumerate(QUESTIONS):  # every slot holds the system prompt, no more
+        run_alone(engine, ask(other, f"other-{index}", max_tokens=2))
+    question = Message("user", "Describe a lighthouse at night.")
+    text, first = run_alone(
+        engine, GenerationRequest("long", (question,), max_tokens=96, sampling=GREEDY)
+    )
+    # The first answer fills most of that slot's cache, so the repeat does not "continue" it: it
+    # gets another slot, with the first slot's prompt copied in rather than prefilled again.
+    _, again = run_alone(
+        engine, GenerationRequest("again", (question,), max_tokens=2, sampling=GREEDY)
+    )
+    assert again.cached_prompt_tokens == again.prompt_tokens - 1
+    follow_up = GenerationRequest(
+        "follow-up",
+        (question, Message("assistant", text), Message("user", "Shorter.")),
+        max_tokens=4,
+        sampling=GREEDY,
+    )
+    # The first conversation's cache was not cut down to the repeat's two tokens.
+    _, continued = run_alone(engine, follow_up)
+    assert continued.cached_prompt_tokens >= first.prompt_tokens + first.completion_tokens // 2
 
 
 def test_a_new_conversation_copies_a_shared_prefix_from_another_slot(
